@@ -1,0 +1,99 @@
+// Starts a real memcached on a free loopback port for a test, and stops it by
+// its pid. Faults (kill -9, SIGSTOP/SIGCONT, restart on the same port) are
+// injected through the same handle.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, connect } from 'node:net';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const srv = createServer();
+  srv.listen(0, host);
+  await once(srv, 'listening');
+  const port = (srv.address() as { port: number }).port;
+  srv.close();
+  await once(srv, 'close');
+  return port;
+}
+
+async function waitForPort(port: number, deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => { s.destroy(); resolve(false); });
+    });
+    if (ok) return;
+    if (Date.now() > end) throw new Error(`memcached did not listen on ${port}`);
+    await sleep(20);
+  }
+}
+
+export class Memcached {
+  readonly port: number;
+  readonly args: string[];
+  proc: ChildProcess | undefined;
+
+  constructor(port: number, args: string[]) {
+    this.port = port;
+    this.args = args;
+  }
+
+  get address(): string { return `127.0.0.1:${this.port}`; }
+  get pid(): number | undefined { return this.proc?.pid; }
+
+  async start(): Promise<void> {
+    const argv = ['-l', '127.0.0.1', '-p', String(this.port), '-U', '0', '-m', '64', ...this.args];
+    if (process.getuid?.() === 0) argv.push('-u', 'root');
+    const proc = spawn('memcached', argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = proc;
+    proc.stderr?.resume();
+    const failed = once(proc, 'exit').then(([code]) => { throw new Error(`memcached exited early (${code})`); });
+    failed.catch(() => {});
+    await Promise.race([waitForPort(this.port, 5000), failed]);
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (this.proc?.pid !== undefined && this.proc.exitCode === null) process.kill(this.proc.pid, sig);
+  }
+
+  /** kill -9, and wait until the process is gone. */
+  async kill(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = once(p, 'exit');
+    this.signal('SIGKILL');
+    await exited;
+  }
+
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.start();
+  }
+
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    this.signal('SIGCONT'); // a frozen memcached cannot act on SIGTERM
+    const exited = once(p, 'exit');
+    this.signal('SIGTERM');
+    const timer = setTimeout(() => this.signal('SIGKILL'), 2000);
+    await exited;
+    clearTimeout(timer);
+  }
+}
+
+/** A running memcached on a free loopback port. */
+export async function startMemcached(args: string[] = []): Promise<Memcached> {
+  for (let attempt = 0; ; attempt++) {
+    const m = new Memcached(await freePort(), args);
+    try {
+      await m.start();
+      return m;
+    } catch (err) {
+      await m.stop();
+      if (attempt >= 3) throw err;
+    }
+  }
+}
