@@ -1,0 +1,170 @@
+// A batch: the operations one server received in one tick, encoded back to
+// back and closed by a NOOP. Ops are numbered by opaque from `base`, so a reply
+// finds its op by subtraction (mod 2^32) instead of a map lookup. memcached
+// answers in order, so once the NOOP's reply arrives every quiet op that has
+// not answered is known: a read missed, a write succeeded.
+import { Status, get32, type Frame } from './codec.ts';
+import { MemcacheError } from './errors.ts';
+
+export interface Hit { value: Buffer; flags: number }
+
+export const KIND_GET = 0;    // GETKQ/GATKQ: no reply = miss
+export const KIND_SET = 1;    // SETQ: no reply = stored
+export const KIND_DELETE = 2; // DELETEQ: no reply or not-found = deleted
+export const KIND_TOUCH = 3;  // TOUCH: always replies
+export type OpKind = typeof KIND_GET | typeof KIND_SET | typeof KIND_DELETE | typeof KIND_TOUCH;
+
+type Settle = (value: unknown) => void;
+type Reject = (err: Error) => void;
+
+/** What a batch reports to the server that owns it. */
+export interface BatchHost {
+  readonly address: string;
+  batchExpired(batch: Batch): void;
+}
+
+export class Batch {
+  readonly host: BatchHost;
+  /** Opaque of the first op; the closing NOOP carries base + size. */
+  readonly base: number;
+  // Per op, by index: kind, and the promise's callbacks (null once settled).
+  // Parallel arrays and one shared executor save an object and a closure per op.
+  readonly kinds: OpKind[] = [];
+  private readonly resolves: (Settle | null)[] = [];
+  private readonly rejects: (Reject | null)[] = [];
+  private readonly capture = (resolve: Settle, reject: Reject): void => {
+    this.resolves.push(resolve);
+    this.rejects.push(reject);
+  };
+  /** Encoded requests + NOOP, set at flush. */
+  bytes: Buffer | null = null;
+  readDeadline = 0;  // performance.now() ms, 0 = no read in this batch
+  writeDeadline = 0;
+  unsettled = 0;
+  /** Connection it was written to and that connection's receive count then (to tell silence from slowness). */
+  conn: { rxCount: number } | null = null;
+  rxMark = 0;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(host: BatchHost, base: number) {
+    this.host = host;
+    this.base = base;
+  }
+
+  get size(): number { return this.kinds.length; }
+  get noopOpaque(): number { return (this.base + this.kinds.length) >>> 0; }
+
+  add<T>(kind: OpKind): Promise<T> {
+    this.kinds.push(kind);
+    this.unsettled++;
+    return new Promise<T>(this.capture as (resolve: (value: T) => void, reject: Reject) => void);
+  }
+
+  /** Starts the batch's single timer, for its earliest deadline. */
+  arm(now: number): void {
+    const next = this.nextDeadline();
+    if (next === 0) return;
+    this.timer = setTimeout(onTimer, Math.max(0, Math.ceil(next - now)), this);
+  }
+
+  private nextDeadline(): number {
+    const r = this.readDeadline;
+    const w = this.writeDeadline;
+    if (r === 0) return w;
+    if (w === 0) return r;
+    return r < w ? r : w;
+  }
+
+  /** A reply for op `index` of this batch. */
+  answer(index: number, f: Frame): void {
+    if (this.resolves[index] === null) return; // already timed out
+    const status = f.status;
+    switch (this.kinds[index]) {
+      case KIND_GET:
+        if (status === Status.OK) {
+          const flags = f.extLen >= 4 ? get32(f.buf, f.extrasStart) : 0;
+          const start = f.valueStart;
+          // Copy: the frame may live in a 64 KiB socket chunk we must not pin.
+          const value = Buffer.copyBytesFrom(f.buf, start, f.end - start);
+          return this.resolveOp(index, { value, flags } satisfies Hit);
+        }
+        if (status === Status.KEY_NOT_FOUND) return this.resolveOp(index, null);
+        break;
+      case KIND_SET:
+        if (status === Status.OK) return this.resolveOp(index, undefined);
+        break;
+      case KIND_DELETE:
+        if (status === Status.OK || status === Status.KEY_NOT_FOUND) return this.resolveOp(index, undefined);
+        break;
+      case KIND_TOUCH:
+        if (status === Status.OK) return this.resolveOp(index, true);
+        if (status === Status.KEY_NOT_FOUND) return this.resolveOp(index, false);
+        break;
+    }
+    this.rejectOp(index, new MemcacheError('server', `status 0x${status.toString(16)} for opcode 0x${f.opcode.toString(16)}`, this.host.address, status));
+  }
+
+  /** The NOOP answered: every quiet op still open got its implicit answer. */
+  complete(): void {
+    this.clearTimer();
+    if (this.unsettled === 0) return;
+    let protocolError: MemcacheError | null = null;
+    for (let i = 0; i < this.kinds.length; i++) {
+      if (this.resolves[i] === null) continue;
+      const kind = this.kinds[i];
+      if (kind === KIND_GET) this.resolveOp(i, null);
+      else if (kind === KIND_TOUCH) this.rejectOp(i, protocolError ??= new MemcacheError('protocol', 'TOUCH got no reply before NOOP', this.host.address));
+      else this.resolveOp(i, undefined);
+    }
+  }
+
+  /** Rejects every op still open. One error instance serves the whole batch. */
+  fail(err: MemcacheError): void {
+    this.clearTimer();
+    if (this.unsettled === 0) return;
+    for (let i = 0; i < this.kinds.length; i++) if (this.rejects[i] !== null) this.rejectOp(i, err);
+  }
+
+  /** Timer fired: reject ops whose deadline passed, re-arm for the rest. */
+  expire(now: number): void {
+    this.timer = null;
+    // setTimeout rounds to whole ms; allow 1 ms so a deadline is never re-armed for nothing.
+    const readsDue = this.readDeadline !== 0 && this.readDeadline <= now + 1;
+    const writesDue = this.writeDeadline !== 0 && this.writeDeadline <= now + 1;
+    let err: MemcacheError | null = null;
+    for (let i = 0; i < this.kinds.length; i++) {
+      // Reads (get/gat) use the lookup deadline; everything else the write deadline.
+      if (this.rejects[i] === null || !(this.kinds[i] === KIND_GET ? readsDue : writesDue)) continue;
+      this.rejectOp(i, err ??= new MemcacheError('timeout', 'no reply within deadline', this.host.address));
+    }
+    if (readsDue) this.readDeadline = 0;
+    if (writesDue) this.writeDeadline = 0;
+    if (this.unsettled > 0) this.arm(now);
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+  }
+
+  private resolveOp(i: number, value: unknown): void {
+    const resolve = this.resolves[i] as Settle;
+    this.resolves[i] = this.rejects[i] = null;
+    this.unsettled--;
+    resolve(value);
+  }
+
+  private rejectOp(i: number, err: Error): void {
+    const reject = this.rejects[i] as Reject;
+    this.resolves[i] = this.rejects[i] = null;
+    this.unsettled--;
+    reject(err);
+  }
+}
+
+function onTimer(batch: Batch): void {
+  batch.expire(performance.now());
+  batch.host.batchExpired(batch);
+}

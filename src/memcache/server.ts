@@ -1,0 +1,297 @@
+// One memcached server: assembles the tick's operations into a batch, hands
+// flushed batches to its connections, and keeps its health: reconnects with
+// capped, jittered exponential backoff; after `downAfterFailures` consecutive
+// failures it is marked down, its operations fail fast, and a probe (a fresh
+// connection that must answer a NOOP) runs every `probeIntervalMs` until one
+// succeeds.
+import { Batch, KIND_DELETE, KIND_GET, KIND_SET, KIND_TOUCH, type BatchHost, type Hit } from './batch.ts';
+import { HEADER_SIZE, Op, encodeKeyOnly, encodeNoop, encodeStore, encodeTouch } from './codec.ts';
+import { Connection, type ConnectionHost } from './connection.ts';
+import { MemcacheError } from './errors.ts';
+
+export interface ServerOptions {
+  timeoutMs: number;
+  writeTimeoutMs: number;
+  connectTimeoutMs: number;
+  connectionsPerServer: number;
+  maxBatch: number;
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+  downAfterFailures: number;
+  probeIntervalMs: number;
+  opaqueStart: number;
+}
+
+// Batches are encoded back to back into one arena and written as subarrays
+// of it, so a batch costs no allocation of its own; a full arena is replaced
+// (sockets still hold the old one until written).
+const ARENA_SIZE = 256 * 1024;
+
+/** "host:port", with IPv6 hosts in brackets: "[::1]:11211". */
+export function parseAddress(address: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(address);
+  const port = m === null ? NaN : Number(m[3]);
+  if (m === null || port < 1 || port > 65535) throw new RangeError(`bad server address "${address}" (want host:port)`);
+  return { host: m[1] ?? m[2], port };
+}
+
+export class Server implements BatchHost, ConnectionHost {
+  readonly address: string;
+  readonly host: string;
+  readonly port: number;
+  readonly connectTimeoutMs: number;
+  private readonly opts: ServerOptions;
+  private readonly conns: Connection[] = [];
+  private pending: Batch | null = null;
+  private flushScheduled = false;
+  private arena: Buffer = Buffer.alloc(0);
+  private batchStart = 0;
+  private pos = 0;
+  private nextOpaque: number;
+  /** Flushed while no connection had a socket; sent when one opens. */
+  private readonly waiting: Batch[] = [];
+  private failures = 0;
+  /** Set while marked down; every operation is rejected with it. */
+  private downError: MemcacheError | null = null;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private closeError: MemcacheError | null = null;
+
+  constructor(address: string, opts: ServerOptions) {
+    const { host, port } = parseAddress(address);
+    this.address = address;
+    this.host = host;
+    this.port = port;
+    this.opts = opts;
+    this.connectTimeoutMs = opts.connectTimeoutMs;
+    this.nextOpaque = opts.opaqueStart >>> 0;
+    for (let i = 0; i < opts.connectionsPerServer; i++) this.conns.push(new Connection(this));
+    for (const c of this.conns) this.openConnection(c);
+  }
+
+  get isDown(): boolean { return this.downError !== null; }
+
+  // --- operations -----------------------------------------------------------
+
+  get(opcode: typeof Op.GETKQ | typeof Op.GATKQ, key: string, exptime: number): Promise<Hit | null> {
+    if (this.downError !== null) return Promise.reject(this.downError);
+    const b = this.batchFor(HEADER_SIZE + 4 + key.length, true);
+    const opaque = (b.base + b.size) >>> 0;
+    this.pos = opcode === Op.GETKQ
+      ? encodeKeyOnly(this.arena, this.pos, opcode, opaque, key)
+      : encodeTouch(this.arena, this.pos, opcode, opaque, key, exptime);
+    return b.add(KIND_GET);
+  }
+
+  set(key: string, value: Buffer | string, valueLen: number, exptime: number, flags: number): Promise<void> {
+    if (this.downError !== null) return Promise.reject(this.downError);
+    const b = this.batchFor(HEADER_SIZE + 8 + key.length + valueLen, false);
+    const opaque = (b.base + b.size) >>> 0;
+    this.pos = encodeStore(this.arena, this.pos, Op.SETQ, opaque, key, flags, exptime, value, valueLen);
+    return b.add(KIND_SET);
+  }
+
+  delete(key: string): Promise<void> {
+    if (this.downError !== null) return Promise.reject(this.downError);
+    const b = this.batchFor(HEADER_SIZE + key.length, false);
+    this.pos = encodeKeyOnly(this.arena, this.pos, Op.DELETEQ, (b.base + b.size) >>> 0, key);
+    return b.add(KIND_DELETE);
+  }
+
+  touch(key: string, exptime: number): Promise<boolean> {
+    if (this.downError !== null) return Promise.reject(this.downError);
+    const b = this.batchFor(HEADER_SIZE + 4 + key.length, false);
+    this.pos = encodeTouch(this.arena, this.pos, Op.TOUCH, (b.base + b.size) >>> 0, key, exptime);
+    return b.add(KIND_TOUCH);
+  }
+
+  /** The open batch, with room for `bytes` more plus its closing NOOP. */
+  private batchFor(bytes: number, read: boolean): Batch {
+    let b = this.pending;
+    if (b !== null && b.size >= this.opts.maxBatch) {
+      this.flush();
+      b = null;
+    }
+    if (b === null) {
+      b = this.pending = new Batch(this, this.nextOpaque);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        process.nextTick(flushTick, this);
+      }
+    }
+    // Deadlines run from when the batch opened: every op in it was issued in this tick.
+    if (read) {
+      if (b.readDeadline === 0) b.readDeadline = performance.now() + this.opts.timeoutMs;
+    } else if (b.writeDeadline === 0) {
+      b.writeDeadline = performance.now() + this.opts.writeTimeoutMs;
+    }
+    this.reserve(bytes + HEADER_SIZE);
+    return b;
+  }
+
+  private reserve(n: number): void {
+    if (this.arena.length - this.pos >= n) return;
+    const used = this.pos - this.batchStart;
+    const next = Buffer.allocUnsafe(Math.max(ARENA_SIZE, 2 * (used + n)));
+    this.arena.copy(next, 0, this.batchStart, this.pos);
+    this.arena = next;
+    this.batchStart = 0;
+    this.pos = used;
+  }
+
+  /** Closes the open batch with its NOOP and sends it. */
+  flush(): void {
+    this.flushScheduled = false;
+    const b = this.pending;
+    if (b === null) return;
+    this.pending = null;
+    const noop = b.noopOpaque;
+    this.pos = encodeNoop(this.arena, this.pos, noop);
+    b.bytes = this.arena.subarray(this.batchStart, this.pos);
+    this.batchStart = this.pos;
+    this.nextOpaque = (noop + 1) >>> 0;
+    b.arm(performance.now());
+    this.dispatch(b);
+  }
+
+  private dispatch(b: Batch): void {
+    let best: Connection | null = null;
+    for (const c of this.conns) {
+      if (c.isOpen && (best === null || c.inflightCount < best.inflightCount)) best = c;
+    }
+    if (best !== null) best.send(b);
+    else if (this.closeError !== null) b.fail(this.closeError);
+    else this.waiting.push(b); // reconnecting: it goes out when a socket opens, or times out
+  }
+
+  // --- connections and health -------------------------------------------------
+
+  private openConnection(c: Connection): void {
+    c.open();
+    // A NOOP round trip first proves the server is serving, not merely
+    // accepting (a SIGSTOPped memcached still completes TCP handshakes).
+    const hello = new Batch(this, this.nextOpaque);
+    this.nextOpaque = (this.nextOpaque + 1) >>> 0;
+    hello.bytes = Buffer.allocUnsafe(HEADER_SIZE);
+    encodeNoop(hello.bytes, 0, hello.noopOpaque);
+    const now = performance.now();
+    hello.readDeadline = now + this.opts.connectTimeoutMs;
+    hello.arm(now);
+    c.send(hello);
+    for (const b of this.waiting.splice(0)) if (b.unsettled > 0) c.send(b);
+  }
+
+  connAlive(c: Connection): void {
+    c.attempts = 0;
+    this.failures = 0;
+    if (this.downError !== null) this.markUp();
+  }
+
+  connLost(c: Connection, err: MemcacheError): void {
+    if (this.closeError !== null) return;
+    this.failure(err);
+    if (this.downError !== null) this.scheduleProbe();
+    else c.reconnectIn(this.backoff(c.attempts++));
+  }
+
+  connRetry(c: Connection): void {
+    if (this.closeError === null && this.downError === null) this.openConnection(c);
+  }
+
+  connIdle(c: Connection): void {
+    if (this.closeError !== null) c.destroy(this.closeError);
+  }
+
+  batchExpired(b: Batch): void {
+    const c = b.conn as Connection | null;
+    if (c === null) {
+      // Never sent: drop it once nothing in it is waiting any more.
+      const i = this.waiting.indexOf(b);
+      if (b.unsettled === 0 && i >= 0) this.waiting.splice(i, 1);
+      return;
+    }
+    if (this.closeError !== null) {
+      if (c.settled) c.destroy(this.closeError);
+      return;
+    }
+    if (c.rxCount !== b.rxMark || !c.isOpen) return; // slow but talking, or already gone
+    const err = new MemcacheError('timeout', 'server silent past deadline', this.address);
+    if (this.downError !== null) {
+      c.destroy(err); // the probe connected but got no answer
+      this.scheduleProbe();
+    } else {
+      this.failure(err);
+    }
+  }
+
+  /** Equal jitter: half the capped exponential delay fixed, half random, so reconnects spread out. */
+  private backoff(attempt: number): number {
+    const d = Math.min(this.opts.backoffMaxMs, this.opts.backoffBaseMs * 2 ** Math.min(attempt, 30));
+    return d / 2 + Math.random() * (d / 2);
+  }
+
+  private failure(cause: MemcacheError): void {
+    this.failures++;
+    if (this.downError === null && this.failures >= this.opts.downAfterFailures) this.markDown(cause);
+  }
+
+  private markDown(cause: MemcacheError): void {
+    const err = new MemcacheError('down', `marked down after ${this.failures} consecutive failures (last: ${cause.message})`, this.address);
+    this.downError = err;
+    this.failPending(err);
+    for (const c of this.conns) c.destroy(err);
+    this.scheduleProbe();
+  }
+
+  private markUp(): void {
+    this.downError = null;
+    this.failures = 0;
+    for (const c of this.conns) if (!c.isOpen) this.openConnection(c);
+  }
+
+  private scheduleProbe(): void {
+    if (this.probeTimer === null && this.closeError === null) {
+      this.probeTimer = setTimeout(onProbe, this.opts.probeIntervalMs, this);
+    }
+  }
+
+  probe(): void {
+    this.probeTimer = null;
+    if (this.downError !== null && this.closeError === null) this.openConnection(this.conns[0]);
+  }
+
+  private failPending(err: MemcacheError): void {
+    if (this.pending !== null) {
+      this.pending.fail(err);
+      this.pending = null;
+      this.pos = this.batchStart; // discard its bytes
+    }
+    for (const b of this.waiting.splice(0)) b.fail(err);
+  }
+
+  /**
+   * Sends what was issued, lets in-flight operations finish (each is bounded
+   * by its deadline), then closes every socket and clears every timer.
+   */
+  async close(err: MemcacheError): Promise<void> {
+    this.closeError = err;
+    if (this.probeTimer !== null) {
+      clearTimeout(this.probeTimer);
+      this.probeTimer = null;
+    }
+    this.flush();
+    this.failPending(err);
+    for (const c of this.conns) {
+      c.cancelReconnect();
+      if (c.settled) c.destroy(err);
+    }
+    await Promise.all(this.conns.map((c) => c.whenClosed()));
+  }
+}
+
+function flushTick(s: Server): void {
+  s.flush();
+}
+
+function onProbe(s: Server): void {
+  s.probe();
+}
