@@ -97,3 +97,24 @@ export async function startMemcached(args: string[] = []): Promise<Memcached> {
     }
   }
 }
+
+/**
+ * Reads an item over memcached's text meta protocol, independently of our
+ * client: its value and remaining TTL in seconds (-1 = never), or null.
+ */
+export async function inspect(port: number, key: string): Promise<{ value: string; ttl: number; flags: number } | null> {
+  const s = connect(port, '127.0.0.1');
+  s.write(`mg ${key} t f v\r\n`);
+  let buf = '';
+  for await (const chunk of s) {
+    buf += chunk.toString('latin1');
+    if (buf.startsWith('EN\r\n')) { s.destroy(); return null; }
+    const m = /^VA (\d+) (.*)\r\n/.exec(buf);
+    if (m && buf.length >= m[0].length + Number(m[1]) + 2) {
+      s.destroy();
+      const flags = Object.fromEntries(m[2].split(' ').map((f) => [f[0], Number(f.slice(1))]));
+      return { value: buf.slice(m[0].length, m[0].length + Number(m[1])), ttl: flags.t, flags: flags.f };
+    }
+  }
+  throw new Error(`no answer from memcached for ${key}`);
+}

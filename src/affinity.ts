@@ -1,0 +1,148 @@
+// Main-thread side of affinity. Lookups (request Cookie headers) and learns
+// (response Set-Cookie headers) of one event-loop turn are gathered into one
+// batch, up to --batch-max, and handed to the resolver: a worker thread, or the
+// main thread itself with --workers 0. One message each way per batch.
+import { STORE_FAILED, emptyBatch, type AffinityAnswer, type AffinityBatch } from './batch.ts';
+
+/** Told where a request's session is bound (backend '' when it is not). */
+export interface LookupWaiter {
+  onAffinity(outcome: number, backend: string, key: string): void;
+}
+
+/** Told when a response's session cookies are stored (or the attempt is over). */
+export interface LearnWaiter {
+  onLearned(): void;
+}
+
+/** Runs a batch somewhere: in a worker pool or inline. */
+export interface BatchRunner {
+  readonly ready: Promise<void>;
+  run(batch: AffinityBatch): Promise<AffinityAnswer>;
+  close(): Promise<void>;
+}
+
+export interface AffinityOptions {
+  sessionCookies: readonly string[];
+  batchMax: number;
+  /** Past this a batch's requests are routed without affinity; covers a stuck worker. */
+  deadlineMs: number;
+}
+
+export class Affinity {
+  readonly #names: readonly string[];
+  readonly #batchMax: number;
+  readonly #deadlineMs: number;
+  readonly #runner: BatchRunner;
+  #batch: AffinityBatch = emptyBatch();
+  #lookups: LookupWaiter[] = [];
+  #learns: LearnWaiter[] = [];
+  #scheduled = false;
+  readonly #flushNow = () => this.#flush();
+
+  constructor(opts: AffinityOptions, runner: BatchRunner) {
+    this.#names = opts.sessionCookies;
+    this.#batchMax = opts.batchMax;
+    this.#deadlineMs = opts.deadlineMs;
+    this.#runner = runner;
+  }
+
+  /**
+   * A substring test, so a request without a session cookie costs no parsing
+   * and never waits on a worker. False positives are settled by the resolver.
+   */
+  mayCarrySession(cookie: string | undefined): cookie is string {
+    if (cookie === undefined) return false;
+    for (let i = 0; i < this.#names.length; i++) if (cookie.includes(this.#names[i])) return true;
+    return false;
+  }
+
+  /** True when one of these Set-Cookie values may name a session cookie. */
+  setsSession(setCookie: string): boolean {
+    for (let i = 0; i < this.#names.length; i++) if (setCookie.includes(this.#names[i])) return true;
+    return false;
+  }
+
+  lookup(cookie: string, waiter: LookupWaiter): void {
+    this.#batch.cookies.push(cookie);
+    this.#lookups.push(waiter);
+    this.#schedule();
+  }
+
+  learn(backend: string, setCookies: string[], requestCookie: string, waiter: LearnWaiter): void {
+    this.#batch.learnBackends.push(backend);
+    this.#batch.learnSetCookies.push(setCookies);
+    this.#batch.learnCookies.push(requestCookie);
+    this.#learns.push(waiter);
+    this.#schedule();
+  }
+
+  close(): Promise<void> {
+    if (this.#lookups.length + this.#learns.length > 0) this.#flush();
+    return this.#runner.close();
+  }
+
+  #schedule(): void {
+    if (this.#lookups.length + this.#learns.length >= this.#batchMax) {
+      this.#flush();
+    } else if (!this.#scheduled) {
+      this.#scheduled = true;
+      // setImmediate runs after the poll phase: every request parsed in this
+      // turn of the loop joins the batch.
+      setImmediate(this.#flushNow);
+    }
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    if (this.#lookups.length + this.#learns.length === 0) return;
+    const flight = new Flight(this.#lookups, this.#learns);
+    const batch = this.#batch;
+    this.#batch = emptyBatch();
+    this.#lookups = [];
+    this.#learns = [];
+    flight.timer = setTimeout(flight.expire, this.#deadlineMs);
+    this.#runner.run(batch).then(flight.answer, flight.fail);
+  }
+}
+
+/** One batch on its way: settles its waiters once, by answer, failure or deadline. */
+class Flight {
+  readonly lookups: LookupWaiter[];
+  readonly learns: LearnWaiter[];
+  timer: NodeJS.Timeout | undefined;
+  done = false;
+
+  constructor(lookups: LookupWaiter[], learns: LearnWaiter[]) {
+    this.lookups = lookups;
+    this.learns = learns;
+  }
+
+  readonly answer = (a: AffinityAnswer): void => {
+    if (this.#finish()) return;
+    for (let i = 0; i < this.lookups.length; i++) this.lookups[i].onAffinity(a.outcomes[i], a.backends[i], a.keys[i]);
+    this.#learned();
+  };
+
+  readonly fail = (): void => {
+    if (this.#finish()) return;
+    for (const w of this.lookups) w.onAffinity(STORE_FAILED, '', '');
+    this.#learned();
+  };
+
+  readonly expire = (): void => {
+    this.timer = undefined;
+    this.fail();
+  };
+
+  #learned(): void {
+    for (const w of this.learns) w.onLearned();
+  }
+
+  /** True when already settled. */
+  #finish(): boolean {
+    if (this.done) return true;
+    this.done = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    return false;
+  }
+}

@@ -1,0 +1,96 @@
+// Picks a backend for a request that has no usable binding. Every balancer
+// honours weights, skips backends that are down, and never picks weight 0
+// (such a backend only serves the sessions already bound to it).
+import type { Backend } from './backends.ts';
+import type { BalanceAlgorithm } from './config.ts';
+
+export interface Balancer {
+  pick(): Backend | null;
+}
+
+/** nginx's smooth weighted round robin: weights honoured with picks interleaved. */
+export class RoundRobin implements Balancer {
+  readonly #backends: Backend[];
+  readonly #current: number[];
+
+  constructor(backends: Backend[]) {
+    this.#backends = backends;
+    this.#current = backends.map(() => 0);
+  }
+
+  pick(): Backend | null {
+    let best = -1;
+    let total = 0;
+    for (let i = 0; i < this.#backends.length; i++) {
+      const b = this.#backends[i];
+      if (!b.up || b.weight === 0) continue;
+      this.#current[i] += b.weight;
+      total += b.weight;
+      if (best < 0 || this.#current[i] > this.#current[best]) best = i;
+    }
+    if (best < 0) return null;
+    this.#current[best] -= total;
+    return this.#backends[best];
+  }
+}
+
+/** Fewest requests in flight relative to weight; ties go round the list. */
+export class LeastConn implements Balancer {
+  readonly #backends: Backend[];
+  #start = 0;
+
+  constructor(backends: Backend[]) {
+    this.#backends = backends;
+  }
+
+  pick(): Backend | null {
+    const n = this.#backends.length;
+    let best: Backend | null = null;
+    for (let k = 0; k < n; k++) {
+      const b = this.#backends[(this.#start + k) % n];
+      if (!b.up || b.weight === 0) continue;
+      if (best === null || b.active * best.weight < best.active * b.weight) best = b;
+    }
+    this.#start = (this.#start + 1) % n;
+    return best;
+  }
+}
+
+/** Two weighted random choices, the less loaded wins: near least-conn without herding. */
+export class RandomTwo implements Balancer {
+  readonly #backends: Backend[];
+
+  constructor(backends: Backend[]) {
+    this.#backends = backends;
+  }
+
+  pick(): Backend | null {
+    const a = this.#draw(null);
+    if (a === null) return null;
+    const b = this.#draw(a);
+    if (b === null) return a;
+    return b.active * a.weight < a.active * b.weight ? b : a;
+  }
+
+  /** A weighted random usable backend other than `not`. */
+  #draw(not: Backend | null): Backend | null {
+    let total = 0;
+    for (const b of this.#backends) if (b.up && b !== not) total += b.weight;
+    if (total === 0) return null;
+    let r = Math.random() * total;
+    for (const b of this.#backends) {
+      if (!b.up || b === not || b.weight === 0) continue;
+      r -= b.weight;
+      if (r < 0) return b;
+    }
+    return null;
+  }
+}
+
+export function createBalancer(algorithm: BalanceAlgorithm, backends: Backend[]): Balancer {
+  switch (algorithm) {
+    case 'round-robin': return new RoundRobin(backends);
+    case 'least-conn': return new LeastConn(backends);
+    case 'random-two': return new RandomTwo(backends);
+  }
+}

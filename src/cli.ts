@@ -1,0 +1,56 @@
+// Entry point: `sticky-proxy [flags]`, or the demo when no backend is given.
+import { ConfigError, HELP, parseConfig, type Config } from './config.ts';
+import { startDemoOrigin, type DemoOrigin } from './demo.ts';
+import { StickyProxy } from './proxy.ts';
+
+async function main(): Promise<void> {
+  let config: Config | null;
+  try {
+    config = parseConfig(process.argv.slice(2));
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`sticky-proxy: ${err.message}\n`);
+    process.exit(2);
+  }
+  if (config === null) {
+    process.stdout.write(HELP);
+    return;
+  }
+
+  const demo: DemoOrigin[] = [];
+  if (config.backends.length === 0) {
+    demo.push(await startDemoOrigin('srv1'), await startDemoOrigin('srv2'));
+    config.backends = demo.map((o) => ({ name: o.name, url: new URL(o.url), weight: 1 }));
+  }
+
+  let proxy: StickyProxy;
+  try {
+    proxy = await StickyProxy.start(config);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    process.stderr.write(`sticky-proxy: --listen: cannot listen on ${config.listenHost}:${config.listenPort} (${e.code ?? e.message})\n`);
+    process.exit(2);
+  }
+  const url = `http://${config.listenHost.includes(':') ? `[${config.listenHost}]` : config.listenHost}:${proxy.port}`;
+  console.log(`sticky-proxy listening on ${url}`);
+  console.log(`backends: ${config.backends.map((b) => `${b.name}=${b.url.origin} (weight ${b.weight})`).join(', ')}`);
+  console.log(`store: ${proxy.storeDescription}; workers: ${config.workers}; balance: ${config.balance}`);
+  if (demo.length > 0) {
+    console.log(`\ndemo: two session origins (srv1, srv2) behind the proxy. Try:`);
+    console.log(`  curl -c cookie.jar ${url}      # a new session, on some real-server`);
+    console.log(`  curl -b cookie.jar ${url}      # the same real-server and session, every time`);
+    console.log(`  curl ${url}                    # no cookie: round robin`);
+    console.log('Ctrl-C stops everything.');
+  }
+
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    Promise.all([proxy.close(), ...demo.map((o) => o.close())]).then(() => process.exit(0), () => process.exit(1));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
+await main();

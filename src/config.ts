@@ -1,0 +1,201 @@
+// Command-line configuration. Every value is validated before anything starts,
+// and an error names the flag it is about, so a bad deployment fails in one line.
+import { parseArgs } from 'node:util';
+import { availableParallelism } from 'node:os';
+
+export type BalanceAlgorithm = 'round-robin' | 'least-conn' | 'random-two';
+
+export interface BackendConfig {
+  name: string;
+  url: URL;
+  weight: number;
+}
+
+export interface Config {
+  listenHost: string;
+  listenPort: number;
+  backends: BackendConfig[];
+  sessionCookies: string[];
+  memcache: string[];
+  workers: number;
+  batchMax: number;
+  balance: BalanceAlgorithm;
+  defaultTtl: number;
+  maxTtl: number;
+  keyPrefix: string;
+  storeTimeoutMs: number;
+  embeddedMaxEntries: number;
+  upstreamConnections: number;
+}
+
+export class ConfigError extends Error {
+  readonly flag: string;
+  constructor(flag: string, message: string) {
+    super(`${flag}: ${message}`);
+    this.flag = flag;
+  }
+}
+
+export const DEFAULT_SESSION_COOKIES = ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId'];
+
+// Affinity work is light next to HTTP parsing, which stays on the main thread:
+// one worker leaves the other core to the main thread (see the README's curve).
+const DEFAULT_WORKERS = 1;
+
+export const HELP = `Usage: sticky-proxy [flags]
+
+HTTP load balancer that keeps each session on the backend that created it.
+Affinity is learnt from the backends' session cookies (Set-Cookie) and kept in
+memcached (--memcache) or, without it, in an embedded store local to this process.
+With no --backend, a demo starts: two session origins behind the proxy.
+
+  --listen HOST:PORT            where clients connect (default 127.0.0.1:8080)
+  --backend NAME=URL[,weight=N] a backend; repeat for each. NAME is [A-Za-z0-9_.-]{1,64},
+                                URL is http://host:port, weight 0..1000 (default 1;
+                                0 takes bound sessions only)
+  --session-cookie NAME         a session cookie to stick on; repeatable
+                                (default: ${DEFAULT_SESSION_COOKIES.join(', ')})
+  --memcache HOST:PORT[,...]    memcached servers holding the bindings (consistent hashing);
+                                without it the embedded store is used
+  --workers N                   affinity worker threads; 0 runs affinity on the main thread
+                                (default ${DEFAULT_WORKERS}; at most 64)
+  --batch-max N                 most affinity operations sent to a worker in one batch
+                                (default 256)
+  --balance ALGO                round-robin | least-conn | random-two (default round-robin)
+  --default-ttl SECONDS         binding lifetime for session cookies without an expiry,
+                                sliding with use (default 1800)
+  --max-ttl SECONDS             cap on any binding's lifetime (default 86400)
+  --key-prefix STR              namespace for keys in memcached (default "sp:")
+  --store-timeout MS            deadline of a store lookup; past it the request is routed
+                                without affinity (default 50)
+  --embedded-max-entries N      capacity of the embedded store (default 262144)
+  --upstream-connections N      most connections to each backend (default 256)
+  -h, --help                    this text
+`;
+
+const BACKEND_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+// RFC 6265 token characters: what a cookie name may be.
+const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const PREFIX = /^[\x21-\x7e]{0,64}$/;
+
+function int(flag: string, raw: string | undefined, def: number, min: number, max: number): number {
+  if (raw === undefined) return def;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(flag, `expected a whole number, got "${raw}"`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new ConfigError(flag, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+export function parseHostPort(flag: string, raw: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(raw);
+  if (!m) throw new ConfigError(flag, `expected HOST:PORT, got "${raw}"`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new ConfigError(flag, `port out of range in "${raw}"`);
+  return { host: m[1] ?? m[2], port };
+}
+
+function parseBackend(raw: string): BackendConfig {
+  const flag = '--backend';
+  const eq = raw.indexOf('=');
+  if (eq <= 0) throw new ConfigError(flag, `expected NAME=URL[,weight=N], got "${raw}"`);
+  const name = raw.slice(0, eq);
+  if (!BACKEND_NAME.test(name)) throw new ConfigError(flag, `invalid name "${name}" (letters, digits, _ . - ; at most 64)`);
+  const [urlText, ...opts] = raw.slice(eq + 1).split(',');
+  let url: URL;
+  try {
+    url = new URL(urlText);
+  } catch {
+    throw new ConfigError(flag, `invalid URL "${urlText}" for ${name}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(flag, `URL of ${name} must be http:// or https://`);
+  if (url.pathname !== '/' || url.search || url.username) throw new ConfigError(flag, `URL of ${name} must be an origin (scheme://host:port), got "${urlText}"`);
+  let weight = 1;
+  for (const opt of opts) {
+    const m = /^weight=(\d+)$/.exec(opt);
+    if (!m) throw new ConfigError(flag, `unknown option "${opt}" for ${name} (only weight=N)`);
+    weight = int(flag, m[1], 1, 0, 1000);
+  }
+  return { name, url, weight };
+}
+
+/** Parses argv; throws ConfigError naming the flag. Returns null when --help was asked. */
+export function parseConfig(argv: string[]): Config | null {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        listen: { type: 'string' },
+        backend: { type: 'string', multiple: true },
+        'session-cookie': { type: 'string', multiple: true },
+        memcache: { type: 'string' },
+        workers: { type: 'string' },
+        'batch-max': { type: 'string' },
+        balance: { type: 'string' },
+        'default-ttl': { type: 'string' },
+        'max-ttl': { type: 'string' },
+        'key-prefix': { type: 'string' },
+        'store-timeout': { type: 'string' },
+        'embedded-max-entries': { type: 'string' },
+        'upstream-connections': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    const msg = (err as Error).message.split('\n')[0];
+    const flag = /'(-[^' ]+)/.exec(msg)?.[1] ?? 'arguments';
+    throw new ConfigError(flag, msg);
+  }
+  if (values.help) return null;
+
+  const listen = parseHostPort('--listen', values.listen ?? '127.0.0.1:8080');
+
+  const backends = (values.backend ?? []).map(parseBackend);
+  const seen = new Set<string>();
+  for (const b of backends) {
+    if (seen.has(b.name)) throw new ConfigError('--backend', `duplicate name "${b.name}"`);
+    seen.add(b.name);
+  }
+  if (backends.length > 0 && backends.every((b) => b.weight === 0)) {
+    throw new ConfigError('--backend', 'at least one backend needs a weight above 0');
+  }
+
+  const sessionCookies = values['session-cookie'] ?? DEFAULT_SESSION_COOKIES;
+  for (const c of sessionCookies) {
+    if (!COOKIE_NAME.test(c)) throw new ConfigError('--session-cookie', `invalid cookie name "${c}"`);
+  }
+
+  const memcache = values.memcache === undefined ? [] : values.memcache.split(',');
+  for (const s of memcache) parseHostPort('--memcache', s);
+
+  const balance = values.balance ?? 'round-robin';
+  if (balance !== 'round-robin' && balance !== 'least-conn' && balance !== 'random-two') {
+    throw new ConfigError('--balance', `expected round-robin, least-conn or random-two, got "${balance}"`);
+  }
+
+  const maxTtl = int('--max-ttl', values['max-ttl'], 86400, 1, 365 * 86400);
+  const defaultTtl = int('--default-ttl', values['default-ttl'], 1800, 1, 365 * 86400);
+  if (defaultTtl > maxTtl) throw new ConfigError('--default-ttl', `${defaultTtl} exceeds --max-ttl ${maxTtl}`);
+
+  const keyPrefix = values['key-prefix'] ?? 'sp:';
+  if (!PREFIX.test(keyPrefix)) throw new ConfigError('--key-prefix', 'must be at most 64 printable ASCII characters without spaces');
+
+  return {
+    listenHost: listen.host,
+    listenPort: listen.port,
+    backends,
+    sessionCookies,
+    memcache,
+    workers: int('--workers', values.workers, DEFAULT_WORKERS, 0, Math.max(64, availableParallelism())),
+    batchMax: int('--batch-max', values['batch-max'], 256, 1, 65536),
+    balance,
+    defaultTtl,
+    maxTtl,
+    keyPrefix,
+    storeTimeoutMs: int('--store-timeout', values['store-timeout'], 50, 1, 60000),
+    embeddedMaxEntries: int('--embedded-max-entries', values['embedded-max-entries'], 262144, 64, 1 << 26),
+    upstreamConnections: int('--upstream-connections', values['upstream-connections'], 256, 1, 65536),
+  };
+}

@@ -1,0 +1,92 @@
+// Runs one affinity batch against the store: the part of the request path that
+// the worker threads own (or the main thread, with --workers 0). It parses the
+// cookies, looks bindings up, and applies what responses taught.
+import { HIT, MISS, STORE_FAILED, type AffinityAnswer, type AffinityBatch, type ResolverSettings } from './batch.ts';
+import { requestSessionKeys, sessionKey, sessionSetCookie, type SessionCookie, type TtlRules } from './cookies.ts';
+import type { AffinityStore } from './store/store.ts';
+import { EmbeddedStore } from './store/embedded.ts';
+import { MemcachedStore, memcachedDescription } from './store/memcached.ts';
+
+export function openStore(s: ResolverSettings): AffinityStore {
+  if (s.embedded !== null) return new EmbeddedStore(s.embedded);
+  return new MemcachedStore({ servers: s.memcache, keyPrefix: s.keyPrefix, timeoutMs: s.storeTimeoutMs });
+}
+
+/** What openStore() would open, without opening it (the main thread's log line). */
+export function describeStore(s: ResolverSettings): string {
+  if (s.embedded !== null) return new EmbeddedStore(s.embedded).description;
+  return memcachedDescription(s.memcache, s.keyPrefix);
+}
+
+export class Resolver {
+  readonly store: AffinityStore;
+  readonly #names: readonly string[];
+  readonly #rules: TtlRules;
+
+  constructor(settings: ResolverSettings, store: AffinityStore = openStore(settings)) {
+    this.store = store;
+    this.#names = settings.sessionCookies;
+    this.#rules = { defaultTtl: settings.defaultTtl, maxTtl: settings.maxTtl };
+  }
+
+  async run(batch: AffinityBatch): Promise<AffinityAnswer> {
+    const n = batch.cookies.length;
+    const answer: AffinityAnswer = { outcomes: new Uint8Array(n), backends: new Array<string>(n), keys: new Array<string>(n) };
+    const pending: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) {
+      answer.backends[i] = '';
+      answer.keys[i] = '';
+      const keys = requestSessionKeys(batch.cookies[i], this.#names);
+      if (keys.length > 0) pending.push(this.#lookup(keys, i, answer));
+    }
+    const now = Date.now();
+    for (let j = 0; j < batch.learnBackends.length; j++) {
+      this.#learn(batch.learnBackends[j], batch.learnSetCookies[j], batch.learnCookies[j], now, pending);
+    }
+    await Promise.all(pending);
+    return answer;
+  }
+
+  /** The first configured cookie whose id is bound wins. */
+  async #lookup(keys: string[], i: number, answer: AffinityAnswer): Promise<void> {
+    answer.keys[i] = keys[0];
+    let failed = false;
+    const results = await Promise.all(keys.map((k) => this.store.get(k).catch(() => { failed = true; return null; })));
+    for (let k = 0; k < results.length; k++) {
+      const b = results[k];
+      if (b !== null) {
+        answer.outcomes[i] = HIT;
+        answer.backends[i] = b.backend;
+        answer.keys[i] = keys[k];
+        return;
+      }
+    }
+    answer.outcomes[i] = failed ? STORE_FAILED : MISS;
+  }
+
+  #learn(backend: string, setCookies: string[], requestCookie: string, now: number, pending: Promise<void>[]): void {
+    // When one name is set by several Set-Cookie headers, the last one counts.
+    const last = new Map<string, SessionCookie>();
+    for (const value of setCookies) {
+      const sc = sessionSetCookie(value, this.#names, this.#rules, now);
+      if (sc !== null) last.set(sc.name, sc);
+    }
+    for (const sc of last.values()) {
+      if (sc.ttl > 0) {
+        pending.push(this.store.set(sessionKey(sc.name, sc.id), backend, sc.ttl, sc.sliding).catch(noop));
+        continue;
+      }
+      // Clearing: the id the client sent is the one to forget (apps clear with an empty value).
+      const sent = requestSessionKeys(requestCookie, [sc.name]);
+      if (sent.length > 0) pending.push(this.store.delete(sent[0]).catch(noop));
+      if (sc.id !== '' && sessionKey(sc.name, sc.id) !== sent[0]) pending.push(this.store.delete(sessionKey(sc.name, sc.id)).catch(noop));
+    }
+  }
+
+  close(): Promise<void> {
+    return this.store.close();
+  }
+}
+
+// A failed learn costs only that session's affinity; the response is not held for it.
+function noop(): void {}

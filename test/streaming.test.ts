@@ -1,0 +1,84 @@
+// Bodies stream through the proxy with backpressure both ways: large transfers
+// in bounded memory, and a slow reader holds the origin back instead of
+// filling the proxy's memory.
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { startOrigin, type Origin } from './helpers/origins.ts';
+import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
+
+const MiB = 1024 * 1024;
+const chunk = Buffer.alloc(256 * 1024, 'x');
+let origin: Origin;
+let proxy: ProxyProcess;
+let written = 0; // bytes the origin has handed to its socket for the current download
+
+before(async () => {
+  origin = await startOrigin('big', (req, res) => {
+    const url = new URL(req.url!, 'http://x');
+    if (req.method === 'POST') {
+      let n = 0;
+      req.on('data', (d: Buffer) => { n += d.length; });
+      req.on('end', () => res.end(String(n)));
+      return;
+    }
+    let left = Number(url.searchParams.get('bytes'));
+    written = 0;
+    res.writeHead(200, { 'content-length': String(left) });
+    const pump = (): void => {
+      while (left > 0) {
+        const c = left >= chunk.length ? chunk : chunk.subarray(0, left);
+        left -= c.length;
+        written += c.length;
+        if (!res.write(c)) { res.once('drain', pump); return; }
+      }
+      res.end();
+    };
+    pump();
+  });
+  proxy = await startProxy(['--backend', `big=${origin.url}`]);
+});
+after(async () => {
+  await proxy.stop();
+  await origin.close();
+});
+
+test('1 GiB down and 512 MiB up through the proxy, resident memory under 200 MiB', async () => {
+  const down = await request(`${proxy.url}/?bytes=${1024 * MiB}`);
+  let got = 0;
+  for await (const d of down.body) got += (d as Buffer).length;
+  assert.equal(got, 1024 * MiB);
+
+  const total = 512 * MiB;
+  const body = Readable.from((function* () { for (let sent = 0; sent < total; sent += chunk.length) yield chunk; })());
+  const up = await request(proxy.url, { method: 'POST', body, headers: { 'content-length': String(total) } });
+  assert.equal(await up.body.text(), String(total));
+
+  const peak = proxy.peakRssMiB();
+  assert.ok(peak < 200, `peak RSS ${peak.toFixed(1)} MiB`);
+});
+
+test('a client that stops reading holds the origin back; memory stays flat', async () => {
+  const size = 256 * MiB;
+  const before = proxy.rssMiB();
+  const { port } = new URL(proxy.url);
+  const sock = connect(Number(port), '127.0.0.1');
+  sock.write(`GET /?bytes=${size} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  sock.pause();
+  await sleep(3000); // long enough for any unbounded buffering to show
+  const stalledAt = written;
+  const during = proxy.rssMiB();
+  assert.ok(stalledAt < 64 * MiB, `origin wrote ${(stalledAt / MiB).toFixed(1)} MiB while the client read nothing`);
+  assert.ok(during - before < 64, `RSS grew ${(during - before).toFixed(1)} MiB`);
+
+  let got = 0;
+  sock.on('data', (d: Buffer) => { got += d.length; });
+  sock.resume();
+  const deadline = Date.now() + 60_000;
+  while (got < size && Date.now() < deadline) await sleep(50);
+  sock.destroy();
+  assert.ok(got > size, 'the whole body (and its head) arrives once the client reads');
+});

@@ -1,0 +1,11 @@
+// Piscina worker: resolves affinity batches. Each worker owns its own store
+// connections (memcached sockets, or a view of the embedded store's shared memory).
+import { workerData } from 'piscina';
+import type { AffinityAnswer, AffinityBatch, ResolverSettings } from '../src/batch.ts';
+import { Resolver } from '../src/resolver.ts';
+
+const resolver = new Resolver(workerData as ResolverSettings);
+
+export default function resolveBatch(batch: AffinityBatch): Promise<AffinityAnswer> {
+  return resolver.run(batch);
+}
