@@ -10,6 +10,7 @@ import {
 import { MAX_KEY_LENGTH, memcacheKey, validatePrefix } from '../src/memcache/keys.ts';
 import { MAX_RELATIVE_EXPTIME, exptimeForTtl, isValidExptime } from '../src/memcache/expiry.ts';
 import { HashRing } from '../src/memcache/ring.ts';
+import { parseAddress } from '../src/memcache/server.ts';
 
 interface Decoded { magic: number; opcode: number; status: number; opaque: number; extras: Buffer; key: string; value: Buffer }
 
@@ -191,4 +192,13 @@ test('ring: keys spread evenly; removing or adding a server moves about 1/N, onl
     }
   });
   assert.ok(gained / keys.length > 0.17 && gained / keys.length < 0.33, `gained ${gained}`);
+});
+
+test('server addresses: host:port, IPv6 in brackets', () => {
+  assert.deepEqual(parseAddress('127.0.0.1:11211'), { host: '127.0.0.1', port: 11211 });
+  assert.deepEqual(parseAddress('cache.internal:1'), { host: 'cache.internal', port: 1 });
+  assert.deepEqual(parseAddress('[::1]:11211'), { host: '::1', port: 11211 });
+  for (const bad of ['::1:11211', 'host', 'host:0', 'host:65536', '[::1]', ':11211']) {
+    assert.throws(() => parseAddress(bad), RangeError, bad);
+  }
 });

@@ -3,7 +3,8 @@
 // finds its op by subtraction (mod 2^32) instead of a map lookup. memcached
 // answers in order, so once the NOOP's reply arrives every quiet op that has
 // not answered is known: a read missed, a write succeeded.
-import { Status, get32, type Frame } from './codec.ts';
+import { Status, get32, statusName, type Frame } from './codec.ts';
+import type { Connection } from './connection.ts';
 import { MemcacheError } from './errors.ts';
 
 export interface Hit { value: Buffer; flags: number }
@@ -42,7 +43,7 @@ export class Batch {
   writeDeadline = 0;
   unsettled = 0;
   /** Connection it was written to and that connection's receive count then (to tell silence from slowness). */
-  conn: { rxCount: number } | null = null;
+  conn: Connection | null = null;
   rxMark = 0;
   private timer: NodeJS.Timeout | null = null;
 
@@ -101,7 +102,7 @@ export class Batch {
         if (status === Status.KEY_NOT_FOUND) return this.resolveOp(index, false);
         break;
     }
-    this.rejectOp(index, new MemcacheError('server', `status 0x${status.toString(16)} for opcode 0x${f.opcode.toString(16)}`, this.host.address, status));
+    this.rejectOp(index, new MemcacheError('server', `${statusName(status)} (opcode 0x${f.opcode.toString(16)})`, this.host.address, status));
   }
 
   /** The NOOP answered: every quiet op still open got its implicit answer. */

@@ -41,6 +41,21 @@ export const Status = {
   OUT_OF_MEMORY: 0x82,
 } as const;
 
+const STATUS_NAMES = new Map<number, string>([
+  [Status.OK, 'no error'],
+  [Status.KEY_NOT_FOUND, 'key not found'],
+  [Status.KEY_EXISTS, 'key exists'],
+  [Status.VALUE_TOO_LARGE, 'value too large'],
+  [Status.INVALID_ARGUMENTS, 'invalid arguments'],
+  [Status.NOT_STORED, 'item not stored'],
+  [Status.UNKNOWN_COMMAND, 'unknown command'],
+  [Status.OUT_OF_MEMORY, 'out of memory'],
+]);
+
+export function statusName(status: number): string {
+  return STATUS_NAMES.get(status) ?? `status 0x${status.toString(16)}`;
+}
+
 // Byte-wise reads and writes: on this hot path they beat Buffer's
 // read/writeUInt*BE, which re-check their arguments on every call.
 function put16(buf: Buffer, off: number, v: number): void {

@@ -41,11 +41,11 @@ export class Connection {
   /** Has a socket (connecting or connected) that accepts writes. */
   get isOpen(): boolean { return this.socket !== null; }
   get inflightCount(): number { return this.inflight.length; }
-  get reconnectPending(): boolean { return this.reconnectTimer !== null; }
 
   open(): void {
     this.cancelReconnect();
-    const s = connect({ host: this.server.host, port: this.server.port, noDelay: true });
+    // Keepalive lets an idle connection through a dead path be noticed without traffic.
+    const s = connect({ host: this.server.host, port: this.server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
     this.socket = s;
     this.parser.reset();
     this.connectTimer = setTimeout(onConnectTimeout, this.server.connectTimeoutMs, s);

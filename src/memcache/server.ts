@@ -202,7 +202,7 @@ export class Server implements BatchHost, ConnectionHost {
   }
 
   batchExpired(b: Batch): void {
-    const c = b.conn as Connection | null;
+    const c = b.conn;
     if (c === null) {
       // Never sent: drop it once nothing in it is waiting any more.
       const i = this.waiting.indexOf(b);
