@@ -17,7 +17,8 @@ export interface LearnWaiter {
 /** Runs a batch somewhere: in a worker pool or inline. */
 export interface BatchRunner {
   readonly ready: Promise<void>;
-  run(batch: AffinityBatch): Promise<AffinityAnswer>;
+  /** An aborted signal means the batch is past its deadline: a worker still on it is replaced. */
+  run(batch: AffinityBatch, signal: AbortSignal): Promise<AffinityAnswer>;
   close(): Promise<void>;
 }
 
@@ -37,6 +38,7 @@ export class Affinity {
   #lookups: LookupWaiter[] = [];
   #learns: LearnWaiter[] = [];
   #scheduled = false;
+  readonly #inflight = new Set<Promise<void>>();
   readonly #flushNow = () => this.#flush();
 
   constructor(opts: AffinityOptions, runner: BatchRunner) {
@@ -68,6 +70,13 @@ export class Affinity {
     this.#schedule();
   }
 
+  /** Rebinds a session whose backend could not serve it to the one that did. */
+  move(key: string, backend: string): void {
+    this.#batch.moveKeys.push(key);
+    this.#batch.moveBackends.push(backend);
+    this.#schedule();
+  }
+
   learn(backend: string, setCookies: string[], requestCookie: string, waiter: LearnWaiter): void {
     this.#batch.learnBackends.push(backend);
     this.#batch.learnSetCookies.push(setCookies);
@@ -76,13 +85,19 @@ export class Affinity {
     this.#schedule();
   }
 
-  close(): Promise<void> {
-    if (this.#lookups.length + this.#learns.length > 0) this.#flush();
-    return this.#runner.close();
+  /** Sends what is pending, waits for every batch in flight, then stops the runner. */
+  async close(): Promise<void> {
+    this.#flush();
+    while (this.#inflight.size > 0) await Promise.race(this.#inflight);
+    await this.#runner.close();
+  }
+
+  #size(): number {
+    return this.#lookups.length + this.#learns.length + this.#batch.moveKeys.length;
   }
 
   #schedule(): void {
-    if (this.#lookups.length + this.#learns.length >= this.#batchMax) {
+    if (this.#size() >= this.#batchMax) {
       this.#flush();
     } else if (!this.#scheduled) {
       this.#scheduled = true;
@@ -94,14 +109,17 @@ export class Affinity {
 
   #flush(): void {
     this.#scheduled = false;
-    if (this.#lookups.length + this.#learns.length === 0) return;
+    if (this.#size() === 0) return;
     const flight = new Flight(this.#lookups, this.#learns);
     const batch = this.#batch;
     this.#batch = emptyBatch();
     this.#lookups = [];
     this.#learns = [];
     flight.timer = setTimeout(flight.expire, this.#deadlineMs);
-    this.#runner.run(batch).then(flight.answer, flight.fail);
+    const settled = this.#runner.run(batch, flight.abort.signal).then(flight.answer, flight.fail);
+    this.#inflight.add(settled);
+    const forget = (): void => { this.#inflight.delete(settled); };
+    settled.then(forget, forget);
   }
 }
 
@@ -110,6 +128,7 @@ class Flight {
   readonly lookups: LookupWaiter[];
   readonly learns: LearnWaiter[];
   timer: NodeJS.Timeout | undefined;
+  readonly abort = new AbortController();
   done = false;
 
   constructor(lookups: LookupWaiter[], learns: LearnWaiter[]) {
@@ -132,6 +151,7 @@ class Flight {
   readonly expire = (): void => {
     this.timer = undefined;
     this.fail();
+    this.abort.abort();
   };
 
   #learned(): void {

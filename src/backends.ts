@@ -1,6 +1,12 @@
-// The configured backends, each with its own keep-alive connection pool.
+// The configured backends, each with its own keep-alive connection pool and
+// its state: health (active checks), ejection (passive), and the operator's say.
 import { Pool } from 'undici';
-import type { BackendConfig } from './config.ts';
+import type { BackendConfig, Config } from './config.ts';
+
+/** What an operator has set: draining keeps bound sessions but takes no new ones. */
+export type AdminState = 'enabled' | 'draining' | 'disabled';
+
+export type UpstreamOptions = Pick<Config, 'upstreamConnections' | 'upstreamConnectTimeoutMs' | 'upstreamHeaderTimeoutMs' | 'upstreamBodyTimeoutMs'>;
 
 export class Backend {
   readonly name: string;
@@ -9,21 +15,44 @@ export class Backend {
   readonly pool: Pool;
   /** Requests in flight to this backend; least-conn and random-two read it. */
   active = 0;
+  /** The active health checks' verdict (true when checks are off). */
+  healthy = true;
+  /** Passively ejected after repeated failures, until its cool-down ends. */
+  ejected = false;
+  /** Consecutive connect failures or 5xx answers. */
+  failures = 0;
+  admin: AdminState = 'enabled';
+  // Derived from the fields above by refresh(), so the request path reads plain fields.
+  /** Serves the sessions bound to it. */
   up = true;
+  /** May be picked for a request without a usable binding. */
+  takesNew = true;
 
-  constructor(cfg: BackendConfig, connections: number) {
+  constructor(cfg: BackendConfig, opts: UpstreamOptions) {
     this.name = cfg.name;
     this.url = cfg.url;
     this.weight = cfg.weight;
     this.pool = new Pool(cfg.url.origin, {
-      connections,
+      connections: opts.upstreamConnections,
       pipelining: 1,
       keepAliveTimeout: 30_000,
       keepAliveMaxTimeout: 600_000,
-      connectTimeout: 5_000,
-      headersTimeout: 60_000,
-      bodyTimeout: 60_000,
+      connectTimeout: opts.upstreamConnectTimeoutMs,
+      headersTimeout: opts.upstreamHeaderTimeoutMs,
+      bodyTimeout: opts.upstreamBodyTimeoutMs,
     });
+    this.refresh();
+  }
+
+  refresh(): void {
+    this.up = this.healthy && !this.ejected && this.admin !== 'disabled';
+    this.takesNew = this.up && this.admin === 'enabled' && this.weight > 0;
+  }
+
+  get state(): 'up' | 'down' | 'draining' | 'disabled' {
+    if (this.admin === 'disabled') return 'disabled';
+    if (!this.up) return 'down';
+    return this.admin === 'draining' ? 'draining' : 'up';
   }
 }
 
@@ -31,15 +60,13 @@ export class BackendSet {
   readonly list: Backend[];
   readonly #byName = new Map<string, Backend>();
 
-  constructor(configs: BackendConfig[], connections: number) {
-    this.list = configs.map((c) => new Backend(c, connections));
+  constructor(configs: BackendConfig[], opts: UpstreamOptions) {
+    this.list = configs.map((c) => new Backend(c, opts));
     for (const b of this.list) this.#byName.set(b.name, b);
   }
 
-  /** The named backend if it is configured and up; a binding never routes outside the pool. */
-  usable(name: string): Backend | undefined {
-    const b = this.#byName.get(name);
-    return b !== undefined && b.up ? b : undefined;
+  get(name: string): Backend | undefined {
+    return this.#byName.get(name);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,7 @@
 // Picks a backend for a request that has no usable binding. Every balancer
-// honours weights, skips backends that are down, and never picks weight 0
-// (such a backend only serves the sessions already bound to it).
+// honours weights and picks only backends that take new sessions: not down,
+// not draining or disabled, and not of weight 0 (such a backend only serves
+// the sessions already bound to it).
 import type { Backend } from './backends.ts';
 import type { BalanceAlgorithm } from './config.ts';
 
@@ -23,7 +24,7 @@ export class RoundRobin implements Balancer {
     let total = 0;
     for (let i = 0; i < this.#backends.length; i++) {
       const b = this.#backends[i];
-      if (!b.up || b.weight === 0) continue;
+      if (!b.takesNew) continue;
       this.#current[i] += b.weight;
       total += b.weight;
       if (best < 0 || this.#current[i] > this.#current[best]) best = i;
@@ -48,7 +49,7 @@ export class LeastConn implements Balancer {
     let best: Backend | null = null;
     for (let k = 0; k < n; k++) {
       const b = this.#backends[(this.#start + k) % n];
-      if (!b.up || b.weight === 0) continue;
+      if (!b.takesNew) continue;
       if (best === null || b.active * best.weight < best.active * b.weight) best = b;
     }
     this.#start = (this.#start + 1) % n;
@@ -75,11 +76,11 @@ export class RandomTwo implements Balancer {
   /** A weighted random usable backend other than `not`. */
   #draw(not: Backend | null): Backend | null {
     let total = 0;
-    for (const b of this.#backends) if (b.up && b !== not) total += b.weight;
+    for (const b of this.#backends) if (b.takesNew && b !== not) total += b.weight;
     if (total === 0) return null;
     let r = Math.random() * total;
     for (const b of this.#backends) {
-      if (!b.up || b === not || b.weight === 0) continue;
+      if (!b.takesNew || b === not) continue;
       r -= b.weight;
       if (r < 0) return b;
     }
@@ -93,4 +94,37 @@ export function createBalancer(algorithm: BalanceAlgorithm, backends: Backend[])
     case 'least-conn': return new LeastConn(backends);
     case 'random-two': return new RandomTwo(backends);
   }
+}
+
+/**
+ * Weighted rendezvous hashing of a session key over the backends that take new
+ * sessions: the route used while the store cannot answer. Every instance
+ * computes the same answer from the same pool, and a session keeps its backend
+ * as long as the pool is stable.
+ */
+export function rendezvous(key: string, backends: readonly Backend[]): Backend | null {
+  const k = fnv1a(key, 0x811c9dc5);
+  let best: Backend | null = null;
+  let bestScore = -Infinity;
+  for (const b of backends) {
+    if (!b.takesNew) continue;
+    // A uniform draw in (0,1) per (key, backend); -weight/ln(u) weights it.
+    const u = (mix(fnv1a(b.name, k)) + 0.5) / 4294967296;
+    const score = -b.weight / Math.log(u);
+    if (score > bestScore) { bestScore = score; best = b; }
+  }
+  return best;
+}
+
+function fnv1a(s: string, seed: number): number {
+  let h = seed >>> 0;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}
+
+/** murmur3's finaliser: spreads FNV's weak low bits over the whole word. */
+function mix(h: number): number {
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
 }

@@ -18,6 +18,9 @@ export interface AffinityBatch {
   learnSetCookies: string[][];
   /** Per learn: the request's Cookie header ('' if none), to unbind a cleared id. */
   learnCookies: string[];
+  /** Bindings to move: a session whose backend could not serve it sticks where it was served. */
+  moveKeys: string[];
+  moveBackends: string[];
 }
 
 export interface AffinityAnswer {
@@ -30,7 +33,7 @@ export interface AffinityAnswer {
 }
 
 export function emptyBatch(): AffinityBatch {
-  return { cookies: [], learnBackends: [], learnSetCookies: [], learnCookies: [] };
+  return { cookies: [], learnBackends: [], learnSetCookies: [], learnCookies: [], moveKeys: [], moveBackends: [] };
 }
 
 /** What a worker needs to build its resolver; sent once, as workerData. */
@@ -41,6 +44,8 @@ export interface ResolverSettings {
   keyPrefix: string;
   memcache: string[];
   storeTimeoutMs: number;
+  /** Learns kept per thread while memcached cannot take them. */
+  learnQueue: number;
   /** The embedded store's shared memory, when memcached is not configured. */
   embedded: SharedArrayBuffer | null;
 }

@@ -1,6 +1,7 @@
 // Entry point: `sticky-proxy [flags]`, or the demo when no backend is given.
 import { ConfigError, HELP, parseConfig, type Config } from './config.ts';
 import { startDemoOrigin, type DemoOrigin } from './demo.ts';
+import { createLogger } from './log.ts';
 import { StickyProxy } from './proxy.ts';
 
 async function main(): Promise<void> {
@@ -16,6 +17,7 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  const log = createLogger(config.logLevel);
 
   const demo: DemoOrigin[] = [];
   if (config.backends.length === 0) {
@@ -25,13 +27,14 @@ async function main(): Promise<void> {
 
   let proxy: StickyProxy;
   try {
-    proxy = await StickyProxy.start(config);
+    proxy = await StickyProxy.start(config, log);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     process.stderr.write(`sticky-proxy: --listen: cannot listen on ${config.listenHost}:${config.listenPort} (${e.code ?? e.message})\n`);
     process.exit(2);
   }
   const url = `http://${config.listenHost.includes(':') ? `[${config.listenHost}]` : config.listenHost}:${proxy.port}`;
+  log.info({ url, store: proxy.storeDescription, workers: config.workers, backends: config.backends.length }, 'listening');
   console.log(`sticky-proxy listening on ${url}`);
   console.log(`backends: ${config.backends.map((b) => `${b.name}=${b.url.origin} (weight ${b.weight})`).join(', ')}`);
   console.log(`store: ${proxy.storeDescription}; workers: ${config.workers}; balance: ${config.balance}`);
@@ -44,13 +47,18 @@ async function main(): Promise<void> {
   }
 
   let stopping = false;
-  const stop = (): void => {
+  const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
-    Promise.all([proxy.close(), ...demo.map((o) => o.close())]).then(() => process.exit(0), () => process.exit(1));
+    log.info({ signal, timeoutMs: config.shutdownTimeoutMs }, 'shutting down');
+    Promise.all([proxy.close(config.shutdownTimeoutMs), ...demo.map((o) => o.close())]).then(
+      () => { log.info('stopped'); log.flush(); process.exitCode = 0; setImmediate(() => process.exit(0)); },
+      (err: Error) => { log.error({ err: err.message }, 'shutdown failed'); log.flush(); process.exit(1); },
+    );
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  if (process.env.STICKY_PROXY_TEST_HOOKS === '1') process.on('SIGUSR2', () => proxy.terminateOneWorker());
 }
 
 await main();

@@ -15,6 +15,7 @@ export interface Config {
   listenHost: string;
   listenPort: number;
   backends: BackendConfig[];
+  /** Empty when affinity is off. */
   sessionCookies: string[];
   memcache: string[];
   workers: number;
@@ -25,7 +26,24 @@ export interface Config {
   keyPrefix: string;
   storeTimeoutMs: number;
   embeddedMaxEntries: number;
+  learnQueue: number;
   upstreamConnections: number;
+  upstreamConnectTimeoutMs: number;
+  upstreamHeaderTimeoutMs: number;
+  upstreamBodyTimeoutMs: number;
+  retries: number;
+  healthPath: string | null;
+  healthIntervalMs: number;
+  healthTimeoutMs: number;
+  healthRise: number;
+  healthFall: number;
+  ejectAfter: number;
+  ejectCooldownMs: number;
+  clientHeaderTimeoutMs: number;
+  clientIdleTimeoutMs: number;
+  maxConnections: number;
+  shutdownTimeoutMs: number;
+  logLevel: string;
 }
 
 export class ConfigError extends Error {
@@ -55,6 +73,7 @@ With no --backend, a demo starts: two session origins behind the proxy.
                                 0 takes bound sessions only)
   --session-cookie NAME         a session cookie to stick on; repeatable
                                 (default: ${DEFAULT_SESSION_COOKIES.join(', ')})
+  --no-affinity                 plain load balancing: no lookups, no learning, no workers
   --memcache HOST:PORT[,...]    memcached servers holding the bindings (consistent hashing);
                                 without it the embedded store is used
   --workers N                   affinity worker threads; 0 runs affinity on the main thread
@@ -69,10 +88,36 @@ With no --backend, a demo starts: two session origins behind the proxy.
   --store-timeout MS            deadline of a store lookup; past it the request is routed
                                 without affinity (default 50)
   --embedded-max-entries N      capacity of the embedded store (default 262144)
+  --learn-queue N               learns kept while memcached is unreachable, written once it
+                                is back; beyond this they are dropped and counted (default 10000)
+
+ Backends
   --upstream-connections N      most connections to each backend (default 256)
+  --upstream-connect-timeout MS connect timeout, answered 504 (default 3000)
+  --upstream-header-timeout MS  wait for a response head, answered 504 (default 30000)
+  --upstream-body-timeout MS    silence allowed inside a response body (default 60000)
+  --retries N                   retries on another backend when the connection fails before
+                                any response byte, for idempotent or unsent requests (default 2)
+  --health-path PATH            active health checks: GET PATH on each backend (off by default)
+  --health-interval MS          between checks (default 2000)
+  --health-timeout MS           a check slower than this fails (default 1000)
+  --health-rise N               passing checks that bring a backend back (default 2)
+  --health-fall N               failing checks that take it out (default 3)
+  --eject-after N               consecutive connect failures or 5xx answers that eject a backend
+                                passively; 0 disables (default 5)
+  --eject-cooldown MS           how long an ejected backend rests (default 10000)
+
+ Clients
+  --client-header-timeout MS    time to send a request's headers, else 408 (default 10000)
+  --client-idle-timeout MS      idle keep-alive connection lifetime (default 30000)
+  --max-connections N           open client connections; beyond it, 503 (default 10000)
+  --shutdown-timeout MS         on SIGTERM/SIGINT, how long in-flight requests may finish
+                                (default 10000)
+  --log-level LEVEL             fatal | error | warn | info | debug | trace | silent (default info)
   -h, --help                    this text
 `;
 
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const BACKEND_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 // RFC 6265 token characters: what a cookie name may be.
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -130,6 +175,7 @@ export function parseConfig(argv: string[]): Config | null {
         listen: { type: 'string' },
         backend: { type: 'string', multiple: true },
         'session-cookie': { type: 'string', multiple: true },
+        'no-affinity': { type: 'boolean' },
         memcache: { type: 'string' },
         workers: { type: 'string' },
         'batch-max': { type: 'string' },
@@ -139,7 +185,24 @@ export function parseConfig(argv: string[]): Config | null {
         'key-prefix': { type: 'string' },
         'store-timeout': { type: 'string' },
         'embedded-max-entries': { type: 'string' },
+        'learn-queue': { type: 'string' },
         'upstream-connections': { type: 'string' },
+        'upstream-connect-timeout': { type: 'string' },
+        'upstream-header-timeout': { type: 'string' },
+        'upstream-body-timeout': { type: 'string' },
+        retries: { type: 'string' },
+        'health-path': { type: 'string' },
+        'health-interval': { type: 'string' },
+        'health-timeout': { type: 'string' },
+        'health-rise': { type: 'string' },
+        'health-fall': { type: 'string' },
+        'eject-after': { type: 'string' },
+        'eject-cooldown': { type: 'string' },
+        'client-header-timeout': { type: 'string' },
+        'client-idle-timeout': { type: 'string' },
+        'max-connections': { type: 'string' },
+        'shutdown-timeout': { type: 'string' },
+        'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -162,7 +225,8 @@ export function parseConfig(argv: string[]): Config | null {
     throw new ConfigError('--backend', 'at least one backend needs a weight above 0');
   }
 
-  const sessionCookies = values['session-cookie'] ?? DEFAULT_SESSION_COOKIES;
+  if (values['no-affinity'] && values['session-cookie']) throw new ConfigError('--no-affinity', 'conflicts with --session-cookie');
+  const sessionCookies = values['no-affinity'] ? [] : values['session-cookie'] ?? DEFAULT_SESSION_COOKIES;
   for (const c of sessionCookies) {
     if (!COOKIE_NAME.test(c)) throw new ConfigError('--session-cookie', `invalid cookie name "${c}"`);
   }
@@ -182,6 +246,11 @@ export function parseConfig(argv: string[]): Config | null {
   const keyPrefix = values['key-prefix'] ?? 'sp:';
   if (!PREFIX.test(keyPrefix)) throw new ConfigError('--key-prefix', 'must be at most 64 printable ASCII characters without spaces');
 
+  const healthPath = values['health-path'] ?? null;
+  if (healthPath !== null && !/^\/[\x21-\x7e]*$/.test(healthPath)) throw new ConfigError('--health-path', `must be a path starting with /, got "${healthPath}"`);
+  const logLevel = values['log-level'] ?? 'info';
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError('--log-level', `expected one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
+
   return {
     listenHost: listen.host,
     listenPort: listen.port,
@@ -196,6 +265,23 @@ export function parseConfig(argv: string[]): Config | null {
     keyPrefix,
     storeTimeoutMs: int('--store-timeout', values['store-timeout'], 50, 1, 60000),
     embeddedMaxEntries: int('--embedded-max-entries', values['embedded-max-entries'], 262144, 64, 1 << 26),
+    learnQueue: int('--learn-queue', values['learn-queue'], 10000, 0, 10_000_000),
     upstreamConnections: int('--upstream-connections', values['upstream-connections'], 256, 1, 65536),
+    upstreamConnectTimeoutMs: int('--upstream-connect-timeout', values['upstream-connect-timeout'], 3000, 1, 600_000),
+    upstreamHeaderTimeoutMs: int('--upstream-header-timeout', values['upstream-header-timeout'], 30000, 1, 3_600_000),
+    upstreamBodyTimeoutMs: int('--upstream-body-timeout', values['upstream-body-timeout'], 60000, 1, 3_600_000),
+    retries: int('--retries', values.retries, 2, 0, 10),
+    healthPath,
+    healthIntervalMs: int('--health-interval', values['health-interval'], 2000, 10, 3_600_000),
+    healthTimeoutMs: int('--health-timeout', values['health-timeout'], 1000, 1, 600_000),
+    healthRise: int('--health-rise', values['health-rise'], 2, 1, 100),
+    healthFall: int('--health-fall', values['health-fall'], 3, 1, 100),
+    ejectAfter: int('--eject-after', values['eject-after'], 5, 0, 1000),
+    ejectCooldownMs: int('--eject-cooldown', values['eject-cooldown'], 10000, 1, 3_600_000),
+    clientHeaderTimeoutMs: int('--client-header-timeout', values['client-header-timeout'], 10000, 100, 3_600_000),
+    clientIdleTimeoutMs: int('--client-idle-timeout', values['client-idle-timeout'], 30000, 1, 3_600_000),
+    maxConnections: int('--max-connections', values['max-connections'], 10000, 1, 10_000_000),
+    shutdownTimeoutMs: int('--shutdown-timeout', values['shutdown-timeout'], 10000, 0, 3_600_000),
+    logLevel,
   };
 }

@@ -5,21 +5,42 @@
 // backpressure both ways and no per-request closures.
 import type { IncomingMessage } from 'node:http';
 import type { Dispatcher } from 'undici';
-import { HIT } from './batch.ts';
+import { HIT, STORE_FAILED } from './batch.ts';
 import type { Affinity, LearnWaiter, LookupWaiter } from './affinity.ts';
 import type { Backend, BackendSet } from './backends.ts';
-import type { Balancer } from './balance.ts';
+import { rendezvous, type Balancer } from './balance.ts';
+import { requestSessionKeys } from './cookies.ts';
 import { endToEnd, rawToStrings } from './headers.ts';
+import type { Health } from './health.ts';
 import { sessionSetCookies } from './learn.ts';
+import type { Logger } from './log.ts';
 import type { ProxyResponse } from './accept.ts';
 
 export interface ProxyContext {
   affinity: Affinity;
   backends: BackendSet;
   balancer: Balancer;
+  health: Health;
+  log: Logger;
+  sessionCookies: readonly string[];
+  /** Retries on another backend for a connection that failed before any response byte. */
+  retries: number;
+  /** Set on shutdown: answers close their connections instead of keeping them alive. */
+  closing: boolean;
 }
 
 type Controller = Dispatcher.DispatchController;
+type Trailers = Record<string, string | string[] | undefined>;
+
+// Methods a client may expect to be replayed (RFC 9110 section 9.2.2).
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+// Failures of the connection itself, where no response byte has been seen.
+const CONNECTION_ERRORS = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL',
+  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_CLOSED',
+]);
+// Of those, the ones where the request cannot have reached the backend.
+const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT_TIMEOUT']);
 
 export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnWaiter {
   readonly req: IncomingMessage;
@@ -28,14 +49,19 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
   readonly path: string;
   /** The request's Cookie header, '' when it has none. */
   readonly cookie: string;
+  readonly hasBody: boolean;
   backend: Backend | null = null;
   controller: Controller | null = null;
+  /** The session's store key when the request carried a bound session. */
+  boundKey = '';
+  attempts = 0;
+  started = false;
   // A response head held back while its session cookie is being stored, so a
   // client's next request, through any worker or instance, finds the binding.
   heldStatus = 0;
   heldMessage: string | undefined;
   heldHeaders: string[] | null = null;
-  heldEnd: Record<string, string | string[] | undefined> | null = null;
+  heldEnd: Trailers | null = null;
   done = false;
 
   constructor(req: IncomingMessage, res: ProxyResponse, ctx: ProxyContext, path: string) {
@@ -44,6 +70,8 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     this.ctx = ctx;
     this.path = path;
     this.cookie = req.headers.cookie ?? '';
+    const h = req.headers;
+    this.hasBody = h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
     res.forward = this;
   }
 
@@ -55,27 +83,48 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     }
   }
 
-  onAffinity(outcome: number, backend: string, _key: string): void {
+  onAffinity(outcome: number, name: string, key: string): void {
     if (this.done) return;
-    const bound = outcome === HIT ? this.ctx.backends.usable(backend) : undefined;
-    this.#dispatch(bound ?? this.ctx.balancer.pick());
+    const ctx = this.ctx;
+    if (outcome === HIT) {
+      const bound = ctx.backends.get(name);
+      this.boundKey = key;
+      if (bound !== undefined && bound.up) {
+        this.#dispatch(bound);
+        return;
+      }
+      // A binding naming no configured backend is ignored; one whose backend
+      // is down or disabled moves to where the balancer sends the session.
+      const chosen = ctx.balancer.pick();
+      if (bound !== undefined && chosen !== null) ctx.affinity.move(key, chosen.name);
+      this.#dispatch(chosen);
+      return;
+    }
+    if (outcome === STORE_FAILED) {
+      // The store could not say: a deterministic route keeps the session in one place.
+      const k = key || requestSessionKeys(this.cookie, ctx.sessionCookies)[0];
+      if (k !== undefined) {
+        this.#dispatch(rendezvous(k, ctx.backends.list));
+        return;
+      }
+    }
+    this.#dispatch(ctx.balancer.pick());
   }
 
   #dispatch(backend: Backend | null): void {
     if (backend === null) {
-      this.#fail(503, 'no backend available', true);
+      this.#fail(503, 'no backend available');
       return;
     }
     this.backend = backend;
+    this.attempts++;
     backend.active++;
     const req = this.req;
-    const headers = req.headers;
-    const hasBody = headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0');
     backend.pool.dispatch({
       path: this.path,
       method: req.method as Dispatcher.HttpMethod,
       headers: endToEnd(req.rawHeaders),
-      body: hasBody ? req : null,
+      body: this.hasBody ? req : null,
     }, this);
   }
 
@@ -86,6 +135,11 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
 
   onResponseStart(controller: Controller, statusCode: number, _parsed: unknown, statusMessage?: string): void {
     if (statusCode < 200) return; // 1xx are hop-by-hop news; the final answer follows
+    this.started = true;
+    const backend = this.backend!;
+    if (statusCode >= 500) this.ctx.health.failure(backend, `status ${statusCode}`);
+    else this.ctx.health.success(backend);
+    if (this.ctx.closing) this.res.shouldKeepAlive = false;
     const headers = endToEnd(rawToStrings(controller.rawHeaders as Buffer[]));
     const setCookies = sessionSetCookies(headers, this.ctx.affinity);
     if (setCookies === null) {
@@ -96,7 +150,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     this.heldMessage = statusMessage;
     this.heldHeaders = headers;
     controller.pause();
-    this.ctx.affinity.learn(this.backend!.name, setCookies, this.cookie, this);
+    this.ctx.affinity.learn(backend.name, setCookies, this.cookie, this);
   }
 
   onLearned(): void {
@@ -112,7 +166,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     if (!this.res.write(chunk)) controller.pause();
   }
 
-  onResponseEnd(_controller: Controller, trailers: Record<string, string | string[] | undefined>): void {
+  onResponseEnd(_controller: Controller, trailers: Trailers): void {
     if (this.heldHeaders !== null) {
       this.heldEnd = trailers; // a bodiless answer (HEAD, 204, 304): end once the head is out
       return;
@@ -121,17 +175,47 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
   }
 
   onResponseError(_controller: Controller, err: Error): void {
+    const backend = this.backend!;
     this.#release();
     if (this.done) return;
+    const code = (err as { code?: string }).code ?? '';
+    const connectionFailed = !this.started && CONNECTION_ERRORS.has(code);
+    if (connectionFailed) this.ctx.health.failure(backend, code);
+    if (connectionFailed && this.#mayRetry(code)) {
+      const next = this.#another(backend);
+      if (next !== null) {
+        this.ctx.log.warn({ backend: backend.name, retryOn: next.name, code, method: this.req.method }, 'backend connection failed; retrying');
+        if (this.boundKey !== '') this.ctx.affinity.move(this.boundKey, next.name);
+        this.#dispatch(next);
+        return;
+      }
+    }
     if (!this.res.headersSent) {
-      const code = (err as { code?: string }).code;
       const timeout = code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT';
-      this.#fail(timeout ? 504 : 502, timeout ? 'backend timed out' : 'backend unreachable', false);
+      this.ctx.log.warn({ backend: backend.name, code, status: timeout ? 504 : 502 }, timeout ? 'backend timed out' : 'backend failed');
+      this.#fail(timeout ? 504 : 502, timeout ? 'backend timed out' : 'bad gateway');
     } else {
       // Part of the answer is out: the client must see it cut, not complete.
+      this.ctx.log.warn({ backend: backend.name, code }, 'backend failed mid-response; client connection cut');
       this.done = true;
       this.res.destroy(err);
     }
+  }
+
+  /** Never after a response started; a body that began to flow cannot be replayed. */
+  #mayRetry(code: string): boolean {
+    if (this.attempts > this.ctx.retries) return false;
+    if (this.hasBody && this.req.readableDidRead) return false;
+    return IDEMPOTENT.has(this.req.method!) || NOT_SENT.has(code);
+  }
+
+  #another(failed: Backend): Backend | null {
+    for (let i = 0; i < this.ctx.backends.list.length; i++) {
+      const b = this.ctx.balancer.pick();
+      if (b === null) return null;
+      if (b !== failed) return b;
+    }
+    return null;
   }
 
   /** The client went away before the answer was complete. */
@@ -151,11 +235,13 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     this.heldHeaders = null;
   }
 
-  #end(trailers: Record<string, string | string[] | undefined>): void {
+  #end(trailers: Trailers): void {
     this.#release();
     this.done = true;
-    const names = Object.keys(trailers);
-    if (names.length > 0) this.res.addTrailers(trailers as Record<string, string>);
+    for (const _ in trailers) {
+      this.res.addTrailers(trailers as Record<string, string>);
+      break;
+    }
     this.res.end();
   }
 
@@ -166,12 +252,13 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     }
   }
 
-  #fail(status: number, reason: string, retryAfter: boolean): void {
+  #fail(status: number, reason: string): void {
     this.done = true;
     const res = this.res;
     const body = `${reason}\n`;
     const headers: string[] = ['content-type', 'text/plain', 'content-length', String(body.length)];
-    if (retryAfter) headers.push('retry-after', '1');
+    if (status === 503) headers.push('retry-after', '1');
+    if (this.ctx.closing) res.shouldKeepAlive = false;
     res.writeHead(status, headers);
     res.end(body);
   }

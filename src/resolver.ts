@@ -9,7 +9,7 @@ import { MemcachedStore, memcachedDescription } from './store/memcached.ts';
 
 export function openStore(s: ResolverSettings): AffinityStore {
   if (s.embedded !== null) return new EmbeddedStore(s.embedded);
-  return new MemcachedStore({ servers: s.memcache, keyPrefix: s.keyPrefix, timeoutMs: s.storeTimeoutMs });
+  return new MemcachedStore({ servers: s.memcache, keyPrefix: s.keyPrefix, timeoutMs: s.storeTimeoutMs, learnQueue: s.learnQueue });
 }
 
 /** What openStore() would open, without opening it (the main thread's log line). */
@@ -42,6 +42,10 @@ export class Resolver {
     const now = Date.now();
     for (let j = 0; j < batch.learnBackends.length; j++) {
       this.#learn(batch.learnBackends[j], batch.learnSetCookies[j], batch.learnCookies[j], now, pending);
+    }
+    for (let m = 0; m < batch.moveKeys.length; m++) {
+      // The binding's lifetime is unknown here: it slides until the app's next Set-Cookie says.
+      pending.push(this.store.set(batch.moveKeys[m], batch.moveBackends[m], this.#rules.defaultTtl, true).catch(noop));
     }
     await Promise.all(pending);
     return answer;

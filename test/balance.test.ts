@@ -4,8 +4,10 @@ import assert from 'node:assert/strict';
 import { Backend } from '../src/backends.ts';
 import { LeastConn, RandomTwo, RoundRobin } from '../src/balance.ts';
 
+const UPSTREAM = { upstreamConnections: 1, upstreamConnectTimeoutMs: 1000, upstreamHeaderTimeoutMs: 1000, upstreamBodyTimeoutMs: 1000 };
+
 function backends(weights: number[]): Backend[] {
-  return weights.map((w, i) => new Backend({ name: `b${i}`, url: new URL(`http://127.0.0.1:${1000 + i}`), weight: w }, 1));
+  return weights.map((w, i) => new Backend({ name: `b${i}`, url: new URL(`http://127.0.0.1:${1000 + i}`), weight: w }, UPSTREAM));
 }
 
 function tally(pick: () => Backend | null, n: number): Record<string, number> {
@@ -25,9 +27,9 @@ test('round robin honours weights and interleaves picks', () => {
 test('round robin skips backends that are down and answers null when none is up', () => {
   const bs = backends([1, 1]);
   const rr = new RoundRobin(bs);
-  bs[0].up = false;
+  bs[0].healthy = false; bs[0].refresh();
   assert.deepEqual(tally(() => rr.pick(), 10), { b1: 10 });
-  bs[1].up = false;
+  bs[1].healthy = false; bs[1].refresh();
   assert.equal(rr.pick(), null);
 });
 
@@ -52,6 +54,6 @@ test('random-two follows weights when idle and prefers the less loaded', () => {
   bs[0].active = 100;
   const loaded = tally(() => r2.pick(), 100);
   assert.equal(loaded.b1, 100, 'with two candidates the idle one always wins');
-  bs[1].up = false;
+  bs[1].healthy = false; bs[1].refresh();
   assert.deepEqual(tally(() => r2.pick(), 10), { b0: 10 });
 });

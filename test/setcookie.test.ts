@@ -107,3 +107,16 @@ test('a client cannot create a binding by sending cookies', async () => {
   await get(proxy.url, undefined, { cookie: 'PHPSESSID=client-made' });
   assert.equal(await inspect(mc.port, `${prefix}PHPSESSID:client-made`), null);
 });
+
+test('lifetimes beyond 30 days are sent as absolute times, as memcached reads them', async () => {
+  const long = await startProxy([...backendFlags(origins), '--memcache', mc.address, '--key-prefix', prefix, '--max-ttl', String(90 * 86400)]);
+  try {
+    const r = await get(long.url, undefined, { 'x-set-cookie': JSON.stringify([`PHPSESSID=longlived; Max-Age=${60 * 86400}`]) });
+    assert.equal(r.status, 200);
+    const item = await inspect(mc.port, `${prefix}PHPSESSID:longlived`);
+    assert.ok(item !== null, 'not expired at once');
+    assert.ok(Math.abs(item.ttl - 60 * 86400) < 10, `ttl ${item.ttl}`);
+  } finally {
+    await long.stop();
+  }
+});

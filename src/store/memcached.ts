@@ -1,7 +1,7 @@
 // Bindings in memcached, shared by every proxy instance. The value is the
 // backend name (readable with any memcached tool); the item's flags hold the
 // sliding TTL in seconds, 0 for a binding with a fixed expiry.
-import { MemcacheClient } from '../memcache/client.ts';
+import { MemcacheClient, MemcacheError, exptimeForTtl } from '../memcache/client.ts';
 import type { AffinityStore, Binding } from './store.ts';
 
 // A sliding binding is refreshed at most once per this fraction of its TTL per
@@ -9,11 +9,25 @@ import type { AffinityStore, Binding } from './store.ts';
 const REFRESH_FRACTION = 8;
 // Bounds the refresh bookkeeping; forgetting it only costs an early touch.
 const MAX_TRACKED = 100_000;
+// How often learns kept during an outage are retried.
+const RETRY_MS = 250;
 
 export interface MemcachedStoreOptions {
   servers: string[];
   keyPrefix: string;
   timeoutMs: number;
+  /** Writes kept while memcached cannot take them; beyond it they are dropped and counted. */
+  learnQueue: number;
+}
+
+/** A write that memcached could not take, kept to be replayed once it is back. */
+interface Pending {
+  key: string;
+  /** '' for a delete. */
+  backend: string;
+  ttl: number;
+  sliding: boolean;
+  at: number;
 }
 
 export function memcachedDescription(servers: string[], keyPrefix: string): string {
@@ -23,12 +37,20 @@ export function memcachedDescription(servers: string[], keyPrefix: string): stri
 export class MemcachedStore implements AffinityStore {
   readonly description: string;
   readonly client: MemcacheClient;
+  /** Learns dropped because the outage queue was full or they expired in it. */
+  dropped = 0;
   // key -> time (ms) after which the next use should refresh its TTL.
   readonly #refreshAfter = new Map<string, number>();
+  readonly #queueMax: number;
+  #queue: Pending[] = [];
+  #retryTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: MemcachedStoreOptions) {
-    this.client = new MemcacheClient({ servers: opts.servers, keyPrefix: opts.keyPrefix, timeoutMs: opts.timeoutMs });
+    // Writes get the lookup deadline too: a response held for its learn must not
+    // wait longer than a lookup would; a write that misses it is queued, not lost.
+    this.client = new MemcacheClient({ servers: opts.servers, keyPrefix: opts.keyPrefix, timeoutMs: opts.timeoutMs, writeTimeoutMs: opts.timeoutMs });
     this.description = memcachedDescription(opts.servers, opts.keyPrefix);
+    this.#queueMax = opts.learnQueue;
   }
 
   async get(key: string): Promise<Binding | null> {
@@ -40,16 +62,52 @@ export class MemcachedStore implements AffinityStore {
 
   set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void> {
     if (sliding) this.#remember(key, ttl, Date.now());
-    return this.client.set(key, backend, ttl, sliding ? ttl : 0);
+    // memcached reads an exptime beyond 30 days as a Unix time, hence exptimeForTtl.
+    return this.client.set(key, backend, exptimeForTtl(ttl), sliding ? ttl : 0).catch((err: unknown) => this.#keep(err, key, backend, ttl, sliding));
   }
 
   delete(key: string): Promise<void> {
     this.#refreshAfter.delete(key);
-    return this.client.delete(key);
+    return this.client.delete(key).catch((err: unknown) => this.#keep(err, key, '', 0, false));
   }
 
-  close(): Promise<void> {
-    return this.client.close();
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  async close(): Promise<void> {
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+    this.dropped += this.#queue.length;
+    this.#queue = [];
+    await this.client.close();
+  }
+
+  /** Queues a write that failed for want of a server; anything else is the caller's to see. */
+  #keep(err: unknown, key: string, backend: string, ttl: number, sliding: boolean): void {
+    const code = err instanceof MemcacheError ? err.code : '';
+    if (code !== 'down' && code !== 'timeout' && code !== 'closed') throw err;
+    if (this.#queue.length >= this.#queueMax) {
+      this.dropped++;
+      return;
+    }
+    this.#queue.push({ key, backend, ttl, sliding, at: Date.now() });
+    this.#retryTimer ??= setTimeout(() => this.#replay(), RETRY_MS);
+  }
+
+  #replay(): void {
+    this.#retryTimer = undefined;
+    const queue = this.#queue;
+    this.#queue = [];
+    const now = Date.now();
+    for (const p of queue) {
+      if (p.backend === '') {
+        void this.delete(p.key).catch(noop);
+        continue;
+      }
+      const left = p.ttl - Math.floor((now - p.at) / 1000);
+      if (left <= 0) this.dropped++;
+      else void this.set(p.key, p.backend, p.sliding ? p.ttl : left, p.sliding).catch(noop);
+    }
   }
 
   #slide(key: string, ttl: number): void {
@@ -58,7 +116,7 @@ export class MemcachedStore implements AffinityStore {
     if (due !== undefined && now < due) return;
     this.#remember(key, ttl, now);
     // A lost refresh only shortens the binding's life; never fail the lookup for it.
-    this.client.touch(key, ttl).catch(noop);
+    this.client.touch(key, exptimeForTtl(ttl)).catch(noop);
   }
 
   #remember(key: string, ttl: number, now: number): void {
