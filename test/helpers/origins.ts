@@ -3,6 +3,8 @@
 // `x-set-cookie` (a JSON array), so a test controls exactly what is learnt.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 
 export interface Origin {
   name: string;
@@ -40,4 +42,21 @@ export async function startOrigin(name: string, handler: OriginHandler = scripte
 
 export function backendFlags(origins: { name: string; url: string }[]): string[] {
   return origins.flatMap((o) => ['--backend', `${o.name}=${o.url}`]);
+}
+
+/** A scriptable origin in a child process: it can be killed with SIGKILL. */
+export async function startOriginProcess(name: string): Promise<{ name: string; url: string; kill: () => Promise<void> }> {
+  const proc = spawn(process.execPath, [new URL('../fixtures/origin-process.ts', import.meta.url).pathname, name], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [line] = await once(proc.stdout!, 'data') as [Buffer];
+  const port = /port (\d+)/.exec(line.toString())![1];
+  return {
+    name,
+    url: `http://127.0.0.1:${port}`,
+    kill: async () => {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = once(proc, 'exit');
+      process.kill(proc.pid!, 'SIGKILL');
+      await exited;
+    },
+  };
 }
