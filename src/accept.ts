@@ -7,7 +7,9 @@
 import { createServer as createHttpServer, ServerResponse, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import type { Config } from './config.ts';
-import { Forward, type ProxyContext } from './forward.ts';
+import type { ProxyContext } from './context.ts';
+import { Forward } from './forward.ts';
+import { Upgrade } from './upgrade.ts';
 
 export class ProxyResponse extends ServerResponse {
   forward: Forward | null = null;
@@ -70,6 +72,7 @@ export class Acceptor {
       insecureHTTPParser: false,
     }, (req, res) => this.#request(req, res));
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.#clientError(err, socket));
+    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head));
     this.listener = createNetServer({ noDelay: true }, (socket) => this.#connection(socket));
     // node:http starts tracking connections (header timeouts, closeIdleConnections)
     // when it starts listening; this server gets its sockets from the listener instead.
@@ -102,12 +105,25 @@ export class Acceptor {
     forward.start();
   }
 
+  /** WebSocket and other upgrades: the same affinity, then bytes piped both ways. */
+  #upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const path = upstreamPath(req.url ?? '');
+    if (path === null || this.#ctx.closing) {
+      socket.on('error', ignore);
+      socket.end(rawReply(path === null ? 400 : 503, path === null ? 'Bad Request' : 'Service Unavailable'));
+      return;
+    }
+    new Upgrade(req, socket, head, this.#ctx, path).start();
+  }
+
   /** Malformed or too slow requests: answer the 4xx and close, never forward. */
   #clientError(err: NodeJS.ErrnoException, socket: Socket): void {
     const code = err.code ?? '';
-    // With an answer already under way on this connection, a reply would interleave with it.
-    const busy = (socket as { _httpMessage?: unknown })._httpMessage != null;
-    if (code === 'ECONNRESET' || !socket.writable || busy) {
+    // A request whose body turned out malformed (a bad chunk size) is already
+    // on its way: stop it; the 400 can still go out if its answer has not begun.
+    const inFlight = (socket as { _httpMessage?: ProxyResponse | null })._httpMessage;
+    if (inFlight != null) inFlight.forward?.clientClosed();
+    if (code === 'ECONNRESET' || !socket.writable || (inFlight != null && inFlight.headersSent)) {
       socket.destroy();
       return;
     }

@@ -11,7 +11,8 @@ export interface LookupWaiter {
 
 /** Told when a response's session cookies are stored (or the attempt is over). */
 export interface LearnWaiter {
-  onLearned(): void;
+  /** `replaced`: the response set a new id for the cookie the request was bound by. */
+  onLearned(replaced: boolean): void;
 }
 
 /** Runs a batch somewhere: in a worker pool or inline. */
@@ -70,17 +71,22 @@ export class Affinity {
     this.#schedule();
   }
 
-  /** Rebinds a session whose backend could not serve it to the one that did. */
-  move(key: string, backend: string): void {
-    this.#batch.moveKeys.push(key);
-    this.#batch.moveBackends.push(backend);
+  /**
+   * Binds a session to a backend with the sliding default TTL: a session whose
+   * backend could not serve it moves to the one that did, and an open
+   * WebSocket keeps its session's binding fresh.
+   */
+  bind(key: string, backend: string): void {
+    this.#batch.bindKeys.push(key);
+    this.#batch.bindBackends.push(backend);
     this.#schedule();
   }
 
-  learn(backend: string, setCookies: string[], requestCookie: string, waiter: LearnWaiter): void {
+  learn(backend: string, setCookies: string[], requestCookie: string, boundKey: string, waiter: LearnWaiter): void {
     this.#batch.learnBackends.push(backend);
     this.#batch.learnSetCookies.push(setCookies);
     this.#batch.learnCookies.push(requestCookie);
+    this.#batch.learnBound.push(boundKey);
     this.#learns.push(waiter);
     this.#schedule();
   }
@@ -93,7 +99,7 @@ export class Affinity {
   }
 
   #size(): number {
-    return this.#lookups.length + this.#learns.length + this.#batch.moveKeys.length;
+    return this.#lookups.length + this.#learns.length + this.#batch.bindKeys.length;
   }
 
   #schedule(): void {
@@ -139,13 +145,13 @@ class Flight {
   readonly answer = (a: AffinityAnswer): void => {
     if (this.#finish()) return;
     for (let i = 0; i < this.lookups.length; i++) this.lookups[i].onAffinity(a.outcomes[i], a.backends[i], a.keys[i]);
-    this.#learned();
+    for (let j = 0; j < this.learns.length; j++) this.learns[j].onLearned(a.replaced[j] === 1);
   };
 
   readonly fail = (): void => {
     if (this.#finish()) return;
     for (const w of this.lookups) w.onAffinity(STORE_FAILED, '', '');
-    this.#learned();
+    for (const w of this.learns) w.onLearned(false);
   };
 
   readonly expire = (): void => {
@@ -153,10 +159,6 @@ class Flight {
     this.fail();
     this.abort.abort();
   };
-
-  #learned(): void {
-    for (const w of this.learns) w.onLearned();
-  }
 
   /** True when already settled. */
   #finish(): boolean {

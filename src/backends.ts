@@ -21,6 +21,8 @@ export class Backend {
   ejected = false;
   /** Consecutive connect failures or 5xx answers. */
   failures = 0;
+  /** Bound requests whose response set a new session id: affinity lost (or the app rotated the id). */
+  sessionsReplaced = 0;
   admin: AdminState = 'enabled';
   // Derived from the fields above by refresh(), so the request path reads plain fields.
   /** Serves the sessions bound to it. */

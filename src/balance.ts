@@ -3,7 +3,10 @@
 // not draining or disabled, and not of weight 0 (such a backend only serves
 // the sessions already bound to it).
 import type { Backend } from './backends.ts';
+import { HIT, STORE_FAILED } from './batch.ts';
 import type { BalanceAlgorithm } from './config.ts';
+import type { ProxyContext } from './context.ts';
+import { requestSessionKeys } from './cookies.ts';
 
 export interface Balancer {
   pick(): Backend | null;
@@ -127,4 +130,27 @@ function mix(h: number): number {
   h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
   h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
   return (h ^ (h >>> 16)) >>> 0;
+}
+
+/**
+ * Where a request goes, given its affinity answer. A binding to a backend that
+ * is up wins, and `bound.boundKey` records it. A binding naming no configured
+ * backend is ignored; one whose backend is down or disabled moves to where the
+ * balancer sends the session. When the store could not answer, rendezvous
+ * hashing keeps the session in one place. Otherwise the balancer picks.
+ */
+export function chooseBackend(ctx: ProxyContext, outcome: number, name: string, key: string, cookie: string, bound: { boundKey: string }): Backend | null {
+  if (outcome === HIT) {
+    const b = ctx.backends.get(name);
+    bound.boundKey = key;
+    if (b !== undefined && b.up) return b;
+    const chosen = ctx.balancer.pick();
+    if (b !== undefined && chosen !== null) ctx.affinity.bind(key, chosen.name);
+    return chosen;
+  }
+  if (outcome === STORE_FAILED) {
+    const k = key || requestSessionKeys(cookie, ctx.sessionCookies)[0];
+    if (k !== undefined) return rendezvous(k, ctx.backends.list);
+  }
+  return ctx.balancer.pick();
 }

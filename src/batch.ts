@@ -18,9 +18,14 @@ export interface AffinityBatch {
   learnSetCookies: string[][];
   /** Per learn: the request's Cookie header ('' if none), to unbind a cleared id. */
   learnCookies: string[];
-  /** Bindings to move: a session whose backend could not serve it sticks where it was served. */
-  moveKeys: string[];
-  moveBackends: string[];
+  /** Per learn: the key the request was bound by ('' if none), to notice a session replaced. */
+  learnBound: string[];
+  /**
+   * Bindings to set with the sliding default TTL: a session whose backend could
+   * not serve it moves to where it was served; an open WebSocket keeps its own fresh.
+   */
+  bindKeys: string[];
+  bindBackends: string[];
 }
 
 export interface AffinityAnswer {
@@ -30,10 +35,12 @@ export interface AffinityAnswer {
   backends: string[];
   /** Per lookup: the session's store key, '' when the Cookie header held no session. */
   keys: string[];
+  /** Per learn: 1 when a bound session's response set a new id for its cookie (session lost or rotated). */
+  replaced: Uint8Array;
 }
 
 export function emptyBatch(): AffinityBatch {
-  return { cookies: [], learnBackends: [], learnSetCookies: [], learnCookies: [], moveKeys: [], moveBackends: [] };
+  return { cookies: [], learnBackends: [], learnSetCookies: [], learnCookies: [], learnBound: [], bindKeys: [], bindBackends: [] };
 }
 
 /** What a worker needs to build its resolver; sent once, as workerData. */

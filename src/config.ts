@@ -44,6 +44,8 @@ export interface Config {
   maxConnections: number;
   shutdownTimeoutMs: number;
   logLevel: string;
+  forwarded: boolean;
+  rewriteHost: boolean;
 }
 
 export class ConfigError extends Error {
@@ -113,6 +115,9 @@ With no --backend, a demo starts: two session origins behind the proxy.
   --max-connections N           open client connections; beyond it, 503 (default 10000)
   --shutdown-timeout MS         on SIGTERM/SIGINT, how long in-flight requests may finish
                                 (default 10000)
+  --forwarded                   add an RFC 7239 Forwarded header (X-Forwarded-For, -Proto, -Host
+                                and Via are always added)
+  --rewrite-host                send the backend's host:port as Host (default: the client's Host)
   --log-level LEVEL             fatal | error | warn | info | debug | trace | silent (default info)
   -h, --help                    this text
 `;
@@ -203,6 +208,8 @@ export function parseConfig(argv: string[]): Config | null {
         'max-connections': { type: 'string' },
         'shutdown-timeout': { type: 'string' },
         'log-level': { type: 'string' },
+        forwarded: { type: 'boolean' },
+        'rewrite-host': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -283,5 +290,7 @@ export function parseConfig(argv: string[]): Config | null {
     maxConnections: int('--max-connections', values['max-connections'], 10000, 1, 10_000_000),
     shutdownTimeoutMs: int('--shutdown-timeout', values['shutdown-timeout'], 10000, 0, 3_600_000),
     logLevel,
+    forwarded: values.forwarded ?? false,
+    rewriteHost: values['rewrite-host'] ?? false,
   };
 }

@@ -5,29 +5,13 @@
 // backpressure both ways and no per-request closures.
 import type { IncomingMessage } from 'node:http';
 import type { Dispatcher } from 'undici';
-import { HIT, STORE_FAILED } from './batch.ts';
-import type { Affinity, LearnWaiter, LookupWaiter } from './affinity.ts';
-import type { Backend, BackendSet } from './backends.ts';
-import { rendezvous, type Balancer } from './balance.ts';
-import { requestSessionKeys } from './cookies.ts';
-import { endToEnd, rawToStrings } from './headers.ts';
-import type { Health } from './health.ts';
+import type { LearnWaiter, LookupWaiter } from './affinity.ts';
+import type { Backend } from './backends.ts';
+import { chooseBackend } from './balance.ts';
+import type { ProxyContext } from './context.ts';
+import { requestHeaders, responseHeaders } from './headers.ts';
 import { sessionSetCookies } from './learn.ts';
-import type { Logger } from './log.ts';
 import type { ProxyResponse } from './accept.ts';
-
-export interface ProxyContext {
-  affinity: Affinity;
-  backends: BackendSet;
-  balancer: Balancer;
-  health: Health;
-  log: Logger;
-  sessionCookies: readonly string[];
-  /** Retries on another backend for a connection that failed before any response byte. */
-  retries: number;
-  /** Set on shutdown: answers close their connections instead of keeping them alive. */
-  closing: boolean;
-}
 
 type Controller = Dispatcher.DispatchController;
 type Trailers = Record<string, string | string[] | undefined>;
@@ -85,30 +69,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
 
   onAffinity(outcome: number, name: string, key: string): void {
     if (this.done) return;
-    const ctx = this.ctx;
-    if (outcome === HIT) {
-      const bound = ctx.backends.get(name);
-      this.boundKey = key;
-      if (bound !== undefined && bound.up) {
-        this.#dispatch(bound);
-        return;
-      }
-      // A binding naming no configured backend is ignored; one whose backend
-      // is down or disabled moves to where the balancer sends the session.
-      const chosen = ctx.balancer.pick();
-      if (bound !== undefined && chosen !== null) ctx.affinity.move(key, chosen.name);
-      this.#dispatch(chosen);
-      return;
-    }
-    if (outcome === STORE_FAILED) {
-      // The store could not say: a deterministic route keeps the session in one place.
-      const k = key || requestSessionKeys(this.cookie, ctx.sessionCookies)[0];
-      if (k !== undefined) {
-        this.#dispatch(rendezvous(k, ctx.backends.list));
-        return;
-      }
-    }
-    this.#dispatch(ctx.balancer.pick());
+    this.#dispatch(chooseBackend(this.ctx, outcome, name, key, this.cookie, this));
   }
 
   #dispatch(backend: Backend | null): void {
@@ -120,10 +81,11 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     this.attempts++;
     backend.active++;
     const req = this.req;
+    const ctx = this.ctx;
     backend.pool.dispatch({
       path: this.path,
       method: req.method as Dispatcher.HttpMethod,
-      headers: endToEnd(req.rawHeaders),
+      headers: requestHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', ctx.proto, ctx.forwarded, ctx.rewriteHost ? backend.url.host : null),
       body: this.hasBody ? req : null,
     }, this);
   }
@@ -140,7 +102,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     if (statusCode >= 500) this.ctx.health.failure(backend, `status ${statusCode}`);
     else this.ctx.health.success(backend);
     if (this.ctx.closing) this.res.shouldKeepAlive = false;
-    const headers = endToEnd(rawToStrings(controller.rawHeaders as Buffer[]));
+    const headers = responseHeaders(controller.rawHeaders as Buffer[]);
     const setCookies = sessionSetCookies(headers, this.ctx.affinity);
     if (setCookies === null) {
       this.res.writeHead(statusCode, statusMessage, headers);
@@ -150,10 +112,14 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     this.heldMessage = statusMessage;
     this.heldHeaders = headers;
     controller.pause();
-    this.ctx.affinity.learn(backend.name, setCookies, this.cookie, this);
+    this.ctx.affinity.learn(backend.name, setCookies, this.cookie, this.boundKey, this);
   }
 
-  onLearned(): void {
+  onLearned(replaced: boolean): void {
+    if (replaced && this.backend !== null) {
+      this.backend.sessionsReplaced++;
+      this.ctx.log.debug({ backend: this.backend.name }, 'session replaced: a bound request was answered with a new session id');
+    }
     if (this.heldHeaders === null || this.done) return;
     this.#releaseHead();
     if (this.heldEnd !== null) this.#end(this.heldEnd);
@@ -185,7 +151,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
       const next = this.#another(backend);
       if (next !== null) {
         this.ctx.log.warn({ backend: backend.name, retryOn: next.name, code, method: this.req.method }, 'backend connection failed; retrying');
-        if (this.boundKey !== '') this.ctx.affinity.move(this.boundKey, next.name);
+        if (this.boundKey !== '') this.ctx.affinity.bind(this.boundKey, next.name);
         this.#dispatch(next);
         return;
       }

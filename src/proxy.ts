@@ -9,7 +9,7 @@ import { BackendSet } from './backends.ts';
 import { createBalancer } from './balance.ts';
 import type { AffinityBatch, AffinityAnswer, ResolverSettings } from './batch.ts';
 import type { Config } from './config.ts';
-import type { ProxyContext } from './forward.ts';
+import type { ProxyContext } from './context.ts';
 import { Health } from './health.ts';
 import { silent, type Logger } from './log.ts';
 import { Resolver, describeStore } from './resolver.ts';
@@ -125,8 +125,12 @@ export class StickyProxy {
       health: this.health,
       log,
       sessionCookies: config.sessionCookies,
+      defaultTtl: config.defaultTtl,
       retries: config.retries,
       closing: false,
+      proto: 'http',
+      forwarded: config.forwarded,
+      rewriteHost: config.rewriteHost,
     };
     this.acceptor = new Acceptor(this.ctx, config);
   }

@@ -31,7 +31,8 @@ export class Resolver {
 
   async run(batch: AffinityBatch): Promise<AffinityAnswer> {
     const n = batch.cookies.length;
-    const answer: AffinityAnswer = { outcomes: new Uint8Array(n), backends: new Array<string>(n), keys: new Array<string>(n) };
+    const learns = batch.learnBackends.length;
+    const answer: AffinityAnswer = { outcomes: new Uint8Array(n), backends: new Array<string>(n), keys: new Array<string>(n), replaced: new Uint8Array(learns) };
     const pending: Promise<void>[] = [];
     for (let i = 0; i < n; i++) {
       answer.backends[i] = '';
@@ -40,12 +41,12 @@ export class Resolver {
       if (keys.length > 0) pending.push(this.#lookup(keys, i, answer));
     }
     const now = Date.now();
-    for (let j = 0; j < batch.learnBackends.length; j++) {
-      this.#learn(batch.learnBackends[j], batch.learnSetCookies[j], batch.learnCookies[j], now, pending);
+    for (let j = 0; j < learns; j++) {
+      if (this.#learn(batch.learnBackends[j], batch.learnSetCookies[j], batch.learnCookies[j], batch.learnBound[j], now, pending)) answer.replaced[j] = 1;
     }
-    for (let m = 0; m < batch.moveKeys.length; m++) {
+    for (let m = 0; m < batch.bindKeys.length; m++) {
       // The binding's lifetime is unknown here: it slides until the app's next Set-Cookie says.
-      pending.push(this.store.set(batch.moveKeys[m], batch.moveBackends[m], this.#rules.defaultTtl, true).catch(noop));
+      pending.push(this.store.set(batch.bindKeys[m], batch.bindBackends[m], this.#rules.defaultTtl, true).catch(noop));
     }
     await Promise.all(pending);
     return answer;
@@ -68,7 +69,9 @@ export class Resolver {
     answer.outcomes[i] = failed ? STORE_FAILED : MISS;
   }
 
-  #learn(backend: string, setCookies: string[], requestCookie: string, now: number, pending: Promise<void>[]): void {
+  /** Applies one response's session cookies; true when it replaced the id the request was bound by. */
+  #learn(backend: string, setCookies: string[], requestCookie: string, bound: string, now: number, pending: Promise<void>[]): boolean {
+    let replaced = false;
     // When one name is set by several Set-Cookie headers, the last one counts.
     const last = new Map<string, SessionCookie>();
     for (const value of setCookies) {
@@ -77,7 +80,10 @@ export class Resolver {
     }
     for (const sc of last.values()) {
       if (sc.ttl > 0) {
-        pending.push(this.store.set(sessionKey(sc.name, sc.id), backend, sc.ttl, sc.sliding).catch(noop));
+        const key = sessionKey(sc.name, sc.id);
+        // A new id for the cookie the request was bound by: the app lost or rotated the session.
+        if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) replaced = true;
+        pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(noop));
         continue;
       }
       // Clearing: the id the client sent is the one to forget (apps clear with an empty value).
@@ -85,6 +91,7 @@ export class Resolver {
       if (sent.length > 0) pending.push(this.store.delete(sent[0]).catch(noop));
       if (sc.id !== '' && sessionKey(sc.name, sc.id) !== sent[0]) pending.push(this.store.delete(sessionKey(sc.name, sc.id)).catch(noop));
     }
+    return replaced;
   }
 
   close(): Promise<void> {

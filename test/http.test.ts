@@ -1,0 +1,195 @@
+// HTTP hygiene through the real proxy: hop-by-hop headers, forwarding headers,
+// Host, Expect: 100-continue, bodiless answers, chunked bodies with trailers,
+// absolute-form targets, broken backend framing.
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, createServer, type Server } from 'node:net';
+import { once } from 'node:events';
+import { Readable } from 'node:stream';
+import { Client, request } from 'undici';
+import { startOrigin, type Origin } from './helpers/origins.ts';
+import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
+
+let echo: Origin;
+let proxy: ProxyProcess;
+
+interface Seen { method: string; url: string; headers: string[]; body: string }
+
+before(async () => {
+  echo = await startOrigin('echo', (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const url = req.url!;
+      if (url === '/no-content') { res.writeHead(204, { 'x-backend': 'echo' }); res.end(); return; }
+      if (url === '/not-modified') { res.writeHead(304, { etag: '"v1"' }); res.end(); return; }
+      if (url === '/trailers') {
+        res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum', connection: 'keep-alive, x-hop', 'x-hop': 'secret', 'keep-alive': 'timeout=5' });
+        res.write('part one,');
+        res.write('part two');
+        res.addTrailers({ 'x-checksum': 'abc123' });
+        res.end();
+        return;
+      }
+      const seen: Seen = { method: req.method!, url, headers: req.rawHeaders, body: Buffer.concat(chunks).toString() };
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(seen));
+    });
+  });
+  proxy = await startProxy(['--backend', `echo=${echo.url}`, '--forwarded']);
+});
+after(async () => {
+  await proxy.stop();
+  await echo.close();
+});
+
+function header(seen: Seen, name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < seen.headers.length; i += 2) if (seen.headers[i].toLowerCase() === name) out.push(seen.headers[i + 1]);
+  return out;
+}
+
+/** The body of a raw HTTP/1.1 answer, chunked or not. */
+function bodyOf(answer: string): string {
+  const split = answer.indexOf('\r\n\r\n');
+  const headText = answer.slice(0, split);
+  let rest = answer.slice(split + 4);
+  if (!/transfer-encoding: chunked/i.test(headText)) return rest;
+  let body = '';
+  for (;;) {
+    const eol = rest.indexOf('\r\n');
+    const size = parseInt(rest.slice(0, eol), 16);
+    if (!size) return body;
+    body += rest.slice(eol + 2, eol + 2 + size);
+    rest = rest.slice(eol + 4 + size);
+  }
+}
+
+/** Sends raw bytes on a fresh connection and returns everything the proxy answers until it closes or goes quiet. */
+async function raw(bytes: string, quietMs = 500): Promise<string> {
+  const { port } = new URL(proxy.url);
+  const s = connect(Number(port), '127.0.0.1');
+  let got = '';
+  s.on('data', (d) => { got += d.toString('latin1'); });
+  s.write(bytes);
+  await new Promise<void>((resolve) => {
+    let timer = setTimeout(resolve, quietMs);
+    s.on('data', () => { clearTimeout(timer); timer = setTimeout(resolve, quietMs); });
+    s.on('close', () => { clearTimeout(timer); resolve(); });
+  });
+  s.destroy();
+  return got;
+}
+
+test('hop-by-hop request headers are removed, with those Connection names; end-to-end ones pass in order and case', async () => {
+  const answer = await raw('GET /h HTTP/1.1\r\nHost: app.example\r\nConnection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n'
+    + 'Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n'
+    + 'Upgrade: h2c\r\nX-Custom: One\r\nx-custom: two\r\n\r\n');
+  const seen = JSON.parse(bodyOf(answer)) as Seen;
+  for (const name of ['x-secret-hop', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'upgrade']) {
+    assert.deepEqual(header(seen, name), [], name);
+  }
+  const names = seen.headers.filter((_, i) => i % 2 === 0);
+  assert.ok(names.includes('X-Custom') && names.includes('x-custom'), 'case kept');
+  assert.deepEqual(header(seen, 'x-custom'), ['One', 'two']);
+});
+
+test('X-Forwarded-For is appended, -Proto and -Host set, Via and Forwarded added; Host passes unchanged', async () => {
+  const r = await request(`${proxy.url}/fwd`, { headers: { host: 'shop.example', 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'https', via: '1.0 edge' } });
+  const seen = await r.body.json() as Seen;
+  assert.deepEqual(header(seen, 'host'), ['shop.example']);
+  assert.deepEqual(header(seen, 'x-forwarded-for'), ['203.0.113.9, 127.0.0.1']);
+  assert.deepEqual(header(seen, 'x-forwarded-proto'), ['http'], 'the client cannot claim https');
+  assert.deepEqual(header(seen, 'x-forwarded-host'), ['shop.example']);
+  assert.deepEqual(header(seen, 'via'), ['1.0 edge, 1.1 sticky-proxy']);
+  assert.deepEqual(header(seen, 'forwarded'), ['for=127.0.0.1;proto=http;host="shop.example"']);
+  assert.equal(r.headers.via, '1.1 sticky-proxy', 'Via on the response too');
+});
+
+test('--rewrite-host sends the backend host as Host', async () => {
+  const p = await startProxy(['--backend', `echo=${echo.url}`, '--rewrite-host']);
+  try {
+    const seen = await (await request(`${p.url}/h`, { headers: { host: 'shop.example' } })).body.json() as Seen;
+    assert.deepEqual(header(seen, 'host'), [new URL(echo.url).host]);
+    assert.deepEqual(header(seen, 'x-forwarded-host'), ['shop.example']);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('Expect: 100-continue: the client gets 100 Continue, then the body flows', async () => {
+  const { port } = new URL(proxy.url);
+  const s = connect(Number(port), '127.0.0.1');
+  let got = '';
+  s.on('data', (d) => { got += d; });
+  s.write('POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n');
+  while (!got.includes('100 Continue')) await once(s, 'data');
+  assert.ok(!got.includes('200 OK'), 'nothing before the body');
+  s.write('hello');
+  while (!got.includes('"body":"hello"')) await once(s, 'data');
+  s.destroy();
+  assert.match(got, /HTTP\/1\.1 200 OK/);
+});
+
+test('HEAD, 204 and 304 are answered without a body, and the connection stays usable', async () => {
+  const client = new Client(proxy.url);
+  try {
+    for (const [method, path, status] of [['HEAD', '/h', 200], ['GET', '/no-content', 204], ['GET', '/not-modified', 304], ['GET', '/h', 200]] as const) {
+      const r = await client.request({ method, path });
+      const body = await r.body.text();
+      assert.equal(r.statusCode, status, `${method} ${path}`);
+      if (status !== 200 || method === 'HEAD') assert.equal(body, '', `${method} ${path} has no body`);
+    }
+  } finally {
+    await client.close();
+  }
+});
+
+test('chunked bodies stream both ways and trailers survive; hop-by-hop response headers are dropped', async () => {
+  const up = await request(`${proxy.url}/chunked`, {
+    method: 'POST',
+    body: Readable.from((function* () { yield 'a'.repeat(1000); yield 'b'.repeat(1000); })()),
+  });
+  const seen = await up.body.json() as Seen;
+  assert.equal(seen.body, 'a'.repeat(1000) + 'b'.repeat(1000));
+  assert.deepEqual(header(seen, 'transfer-encoding'), ['chunked'], 're-framed, still streamed');
+
+  const down = await request(`${proxy.url}/trailers`, { headers: { te: 'trailers' } });
+  assert.equal(await down.body.text(), 'part one,part two');
+  assert.equal(down.headers['x-hop'], undefined);
+  assert.notEqual(down.headers['keep-alive'], 'timeout=5', "the backend's Keep-Alive is not the client's");
+  assert.deepEqual(down.trailers, { 'x-checksum': 'abc123' });
+});
+
+test('an absolute-form target is served from the pool, never followed to its host', async () => {
+  const answer = await raw('GET http://evil.example:9/steal?x=1 HTTP/1.1\r\nHost: evil.example:9\r\n\r\n');
+  const seen = JSON.parse(bodyOf(answer)) as Seen;
+  assert.equal(seen.url, '/steal?x=1');
+});
+
+test('a backend answer with broken framing gives a 502 and the client connection stays sound', async () => {
+  let broken: Server | undefined;
+  broken = createServer((s) => {
+    s.once('data', (d) => {
+      if (d.toString().startsWith('GET /bad')) s.end('HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nxx');
+      else s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
+    });
+  });
+  broken.listen(0, '127.0.0.1');
+  await once(broken, 'listening');
+  const port = (broken.address() as { port: number }).port;
+  const p = await startProxy(['--backend', `broken=http://127.0.0.1:${port}`, '--retries', '0']);
+  const client = new Client(p.url);
+  try {
+    const bad = await client.request({ method: 'GET', path: '/bad' });
+    await bad.body.text();
+    assert.equal(bad.statusCode, 502);
+    const good = await client.request({ method: 'GET', path: '/good' });
+    assert.equal(good.statusCode, 200);
+    assert.equal(await good.body.text(), 'ok');
+  } finally {
+    await client.close();
+    await p.stop();
+    broken.close();
+  }
+});
