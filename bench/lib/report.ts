@@ -103,6 +103,9 @@ export function markdown(res: SuiteResult, m: Machine): string {
   const o = res.options;
   lines.push(`# sticky-proxy benchmark, ${res.date}`, '');
   lines.push(`Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}${Object.entries(m.versions).map(([k, v]) => `, ${k} ${v}`).join('')}; load average at the end ${m.loadAverageAtEnd.join(' ')}.`);
+  const t = res.proxyTree;
+  lines.push(`sticky-proxy: working tree at ${t.head}${t.dirtyFiles > 0 ? ` with ${t.dirtyFiles} uncommitted file(s) under src/ and workers/` : ''}` +
+    `${t.changedDuringRun ? '; **src/ or workers/ changed during the run, so sticky-proxy figures may come from different versions**' : ''}.`);
   lines.push(`Origins: ${res.origin}. One load generator (bench/loadgen.ts, one Node process) for every target; ${o.connections} connections, ` +
     `${o.rate > 0 ? `fixed rate ${fmt(o.rate)} req/s (latency from the intended send time)` : 'closed loop'}; warm-up ${o.warmupMs / 1000} s, measured ${o.durationMs / 1000} s per target and scenario; every target started fresh for each scenario.`);
   lines.push('', 'Latencies in ms. CPU: the target\'s processes in the measured window, 100% = one core (origin and generator CPU for context). Affinity misses: answers to a learnt session that came from another real-server than the one that set the cookie.', '');
@@ -231,5 +234,5 @@ export function writeResults(res: SuiteResult, outDir: string, m: Machine): stri
 }
 
 export function summary(res: SuiteResult, m: Machine): object {
-  return { date: res.date, machine: m, origin: res.origin, options: res.options, results: res.rows, checks: checks(res.rows), skipped: res.skipped, failed: res.failed };
+  return { date: res.date, machine: m, proxyTree: res.proxyTree, origin: res.origin, options: res.options, results: res.rows, checks: checks(res.rows), skipped: res.skipped, failed: res.failed };
 }

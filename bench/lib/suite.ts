@@ -2,7 +2,8 @@
 // run. Each (scenario, target) pair gets a freshly started target, so its peak
 // RSS and CPU belong to that scenario alone. Origins and memcached live for the
 // whole run. Used by bench/run.ts (npm run bench) and bench/quick.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as hdr from 'hdr-histogram-js';
@@ -132,8 +133,38 @@ export interface Row {
 
 export interface Failure { scenario: string; target: string; reason: string }
 
+/** Which sticky-proxy was measured: the working tree, which others may be editing during a run. */
+export interface ProxyTree {
+  head: string;
+  /** Uncommitted changes under src/ and workers/ when the run started. */
+  dirtyFiles: number;
+  /** A file under src/ or workers/ changed while the run went on: its figures may mix versions. */
+  changedDuringRun: boolean;
+}
+
+const ROOT = new URL('../../', import.meta.url);
+
+function newestSource(): number {
+  let newest = 0;
+  for (const d of ['src', 'workers']) {
+    const dir = new URL(`${d}/`, ROOT);
+    for (const f of readdirSync(dir, { recursive: true }) as string[]) {
+      try { newest = Math.max(newest, statSync(new URL(f, dir)).mtimeMs); } catch { /* gone */ }
+    }
+  }
+  return newest;
+}
+
+function proxyTree(): ProxyTree {
+  const git = (...args: string[]): string => {
+    try { return execFileSync('git', args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { return ''; }
+  };
+  return { head: git('rev-parse', '--short', 'HEAD') || 'unknown', dirtyFiles: git('status', '--porcelain', '--', 'src', 'workers').split('\n').filter(Boolean).length, changedDuringRun: false };
+}
+
 export interface SuiteResult {
   date: string;
+  proxyTree: ProxyTree;
   origin: string;
   options: Omit<Options, 'log' | 'progress'>;
   rows: Row[];
@@ -165,7 +196,9 @@ function ms(us: number): number {
 export async function runSuite(opts: Options): Promise<SuiteResult> {
   const dir = mkdtempSync(join(tmpdir(), 'sticky-proxy-bench-'));
   const { log: _log, progress: _progress, ...options } = opts;
-  const result: SuiteResult = { date: new Date().toISOString(), origin: '', options, rows: [], histograms: new Map(), skipped: [], failed: [] };
+  const tree = proxyTree();
+  const sourceAtStart = newestSource();
+  const result: SuiteResult = { date: new Date().toISOString(), proxyTree: tree, origin: '', options, rows: [], histograms: new Map(), skipped: [], failed: [] };
   const scenarios = opts.scenarios.map((id) => {
     const s = SCENARIOS.find((x) => x.id === id);
     if (!s) throw new Error(`unknown scenario "${id}" (known: ${SCENARIOS.map((x) => x.id).join(', ')})`);
@@ -292,5 +325,7 @@ export async function runSuite(opts: Options): Promise<SuiteResult> {
     killAll();
     rmSync(dir, { recursive: true, force: true });
   }
+  tree.changedDuringRun = newestSource() > sourceAtStart;
+  if (tree.changedDuringRun) opts.log('note: src/ or workers/ changed during the run; sticky-proxy figures may mix versions');
   return result;
 }
