@@ -6,6 +6,7 @@
 // functions instead of per-request closures.
 import { createServer as createHttpServer, ServerResponse, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import type { Config } from './config.ts';
 import type { ProxyContext } from './context.ts';
 import { Forward } from './forward.ts';
@@ -48,7 +49,7 @@ const CLIENT_ERRORS: Record<string, [number, string]> = {
   HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large'],
 };
 
-export type AcceptOptions = Pick<Config, 'clientHeaderTimeoutMs' | 'clientIdleTimeoutMs' | 'maxConnections'>;
+export type AcceptOptions = Pick<Config, 'clientHeaderTimeoutMs' | 'clientIdleTimeoutMs' | 'maxConnections' | 'tls'>;
 
 export class Acceptor {
   readonly http: Server<typeof IncomingMessage, typeof ProxyResponse>;
@@ -73,7 +74,10 @@ export class Acceptor {
     }, (req, res) => this.#request(req, res));
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.#clientError(err, socket));
     this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head));
-    this.listener = createNetServer({ noDelay: true }, (socket) => this.#connection(socket));
+    // With TLS, connections are handed over once their handshake is done.
+    this.listener = opts.tls === null
+      ? createNetServer({ noDelay: true }, (socket) => this.#connection(socket))
+      : createTlsServer({ cert: opts.tls.cert, key: opts.tls.key, noDelay: true }, (socket) => this.#connection(socket));
     // node:http starts tracking connections (header timeouts, closeIdleConnections)
     // when it starts listening; this server gets its sockets from the listener instead.
     this.listener.once('listening', () => this.http.emit('listening'));

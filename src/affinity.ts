@@ -28,6 +28,8 @@ export interface AffinityOptions {
   batchMax: number;
   /** Past this a batch's requests are routed without affinity; covers a stuck worker. */
   deadlineMs: number;
+  /** Told each batch's size (a metric). */
+  onBatch: (size: number) => void;
 }
 
 export class Affinity {
@@ -35,6 +37,7 @@ export class Affinity {
   readonly #batchMax: number;
   readonly #deadlineMs: number;
   readonly #runner: BatchRunner;
+  readonly #onBatch: (size: number) => void;
   #batch: AffinityBatch = emptyBatch();
   #lookups: LookupWaiter[] = [];
   #learns: LearnWaiter[] = [];
@@ -47,6 +50,7 @@ export class Affinity {
     this.#batchMax = opts.batchMax;
     this.#deadlineMs = opts.deadlineMs;
     this.#runner = runner;
+    this.#onBatch = opts.onBatch;
   }
 
   /**
@@ -115,7 +119,9 @@ export class Affinity {
 
   #flush(): void {
     this.#scheduled = false;
-    if (this.#size() === 0) return;
+    const size = this.#size();
+    if (size === 0) return;
+    this.#onBatch(size);
     const flight = new Flight(this.#lookups, this.#learns);
     const batch = this.#batch;
     this.#batch = emptyBatch();

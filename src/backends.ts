@@ -6,13 +6,20 @@ import type { BackendConfig, Config } from './config.ts';
 /** What an operator has set: draining keeps bound sessions but takes no new ones. */
 export type AdminState = 'enabled' | 'draining' | 'disabled';
 
-export type UpstreamOptions = Pick<Config, 'upstreamConnections' | 'upstreamConnectTimeoutMs' | 'upstreamHeaderTimeoutMs' | 'upstreamBodyTimeoutMs'>;
+export type UpstreamOptions = Pick<Config, 'upstreamConnections' | 'upstreamConnectTimeoutMs' | 'upstreamHeaderTimeoutMs' | 'upstreamBodyTimeoutMs'> & {
+  /** PEM CA to trust for https:// backends. */
+  ca?: string | null;
+};
 
 export class Backend {
   readonly name: string;
   readonly url: URL;
-  readonly weight: number;
+  weight: number;
   readonly pool: Pool;
+  /** Smooth round robin's running weight. */
+  rrCurrent = 0;
+  /** Set when a reload removed it: its health checks stop. */
+  removed = false;
   /** Requests in flight to this backend; least-conn and random-two read it. */
   active = 0;
   /** The active health checks' verdict (true when checks are off). */
@@ -21,8 +28,6 @@ export class Backend {
   ejected = false;
   /** Consecutive connect failures or 5xx answers. */
   failures = 0;
-  /** Bound requests whose response set a new session id: affinity lost (or the app rotated the id). */
-  sessionsReplaced = 0;
   admin: AdminState = 'enabled';
   // Derived from the fields above by refresh(), so the request path reads plain fields.
   /** Serves the sessions bound to it. */
@@ -42,6 +47,7 @@ export class Backend {
       connectTimeout: opts.upstreamConnectTimeoutMs,
       headersTimeout: opts.upstreamHeaderTimeoutMs,
       bodyTimeout: opts.upstreamBodyTimeoutMs,
+      connect: opts.ca ? { ca: opts.ca } : undefined,
     });
     this.refresh();
   }
@@ -59,12 +65,51 @@ export class Backend {
 }
 
 export class BackendSet {
+  /** Shared with the balancer; a reload changes it in place. */
   readonly list: Backend[];
   readonly #byName = new Map<string, Backend>();
+  readonly #opts: UpstreamOptions;
 
   constructor(configs: BackendConfig[], opts: UpstreamOptions) {
+    this.#opts = opts;
     this.list = configs.map((c) => new Backend(c, opts));
     for (const b of this.list) this.#byName.set(b.name, b);
+  }
+
+  /**
+   * Makes the set match `configs` without dropping a connection: new backends
+   * are added, weights changed in place, and removed ones (or ones whose URL
+   * changed) leave the rotation while their pools finish what is in flight.
+   */
+  apply(configs: BackendConfig[]): { added: Backend[]; removed: Backend[]; reweighted: Backend[] } {
+    const added: Backend[] = [];
+    const removed: Backend[] = [];
+    const reweighted: Backend[] = [];
+    const wanted = new Map(configs.map((c) => [c.name, c]));
+    for (const b of [...this.list]) {
+      const c = wanted.get(b.name);
+      if (c !== undefined && c.url.origin === b.url.origin) {
+        if (c.weight !== b.weight) {
+          b.weight = c.weight;
+          b.refresh();
+          reweighted.push(b);
+        }
+        continue;
+      }
+      this.list.splice(this.list.indexOf(b), 1);
+      this.#byName.delete(b.name);
+      b.removed = true;
+      removed.push(b);
+      void b.pool.close(); // graceful: requests in flight complete
+    }
+    for (const c of configs) {
+      if (this.#byName.has(c.name)) continue;
+      const b = new Backend(c, this.#opts);
+      this.list.push(b);
+      this.#byName.set(b.name, b);
+      added.push(b);
+    }
+    return { added, removed, reweighted };
   }
 
   get(name: string): Backend | undefined {

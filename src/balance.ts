@@ -12,29 +12,29 @@ export interface Balancer {
   pick(): Backend | null;
 }
 
-/** nginx's smooth weighted round robin: weights honoured with picks interleaved. */
+/**
+ * nginx's smooth weighted round robin: weights honoured with picks
+ * interleaved. Its running weight lives on each Backend, so a reload that
+ * adds or removes backends (the list is shared and changed in place) needs no reset.
+ */
 export class RoundRobin implements Balancer {
   readonly #backends: Backend[];
-  readonly #current: number[];
 
   constructor(backends: Backend[]) {
     this.#backends = backends;
-    this.#current = backends.map(() => 0);
   }
 
   pick(): Backend | null {
-    let best = -1;
+    let best: Backend | null = null;
     let total = 0;
-    for (let i = 0; i < this.#backends.length; i++) {
-      const b = this.#backends[i];
+    for (const b of this.#backends) {
       if (!b.takesNew) continue;
-      this.#current[i] += b.weight;
+      b.rrCurrent += b.weight;
       total += b.weight;
-      if (best < 0 || this.#current[i] > this.#current[best]) best = i;
+      if (best === null || b.rrCurrent > best.rrCurrent) best = b;
     }
-    if (best < 0) return null;
-    this.#current[best] -= total;
-    return this.#backends[best];
+    if (best !== null) best.rrCurrent -= total;
+    return best;
   }
 }
 
@@ -139,18 +139,36 @@ function mix(h: number): number {
  * balancer sends the session. When the store could not answer, rendezvous
  * hashing keeps the session in one place. Otherwise the balancer picks.
  */
-export function chooseBackend(ctx: ProxyContext, outcome: number, name: string, key: string, cookie: string, bound: { boundKey: string }): Backend | null {
+export function chooseBackend(ctx: ProxyContext, outcome: number, name: string, key: string, cookie: string, r: Routed): Backend | null {
   if (outcome === HIT) {
     const b = ctx.backends.get(name);
-    bound.boundKey = key;
+    r.boundKey = key;
+    r.route = 'hit';
     if (b !== undefined && b.up) return b;
     const chosen = ctx.balancer.pick();
-    if (b !== undefined && chosen !== null) ctx.affinity.bind(key, chosen.name);
+    if (b !== undefined && chosen !== null) {
+      r.route = 'moved';
+      ctx.metrics.moves.inc();
+      ctx.affinity.bind(key, chosen.name);
+    }
     return chosen;
   }
   if (outcome === STORE_FAILED) {
     const k = key || requestSessionKeys(cookie, ctx.sessionCookies)[0];
-    if (k !== undefined) return rendezvous(k, ctx.backends.list);
+    if (k !== undefined) {
+      r.route = 'fallback';
+      ctx.metrics.fallbacks.inc();
+      return rendezvous(k, ctx.backends.list);
+    }
   }
+  r.route = 'miss';
   return ctx.balancer.pick();
+}
+
+/** How a request was routed, for the access log: none (no session cookie), hit, miss, moved, fallback. */
+export type Route = 'none' | 'hit' | 'miss' | 'moved' | 'fallback';
+
+export interface Routed {
+  boundKey: string;
+  route: Route;
 }

@@ -33,10 +33,11 @@ async function main(): Promise<void> {
     process.stderr.write(`sticky-proxy: --listen: cannot listen on ${config.listenHost}:${config.listenPort} (${e.code ?? e.message})\n`);
     process.exit(2);
   }
-  const url = `http://${config.listenHost.includes(':') ? `[${config.listenHost}]` : config.listenHost}:${proxy.port}`;
+  const url = `${config.tls === null ? 'http' : 'https'}://${config.listenHost.includes(':') ? `[${config.listenHost}]` : config.listenHost}:${proxy.port}`;
   log.info({ url, store: proxy.storeDescription, workers: config.workers, backends: config.backends.length }, 'listening');
   console.log(`sticky-proxy listening on ${url}`);
   console.log(`backends: ${config.backends.map((b) => `${b.name}=${b.url.origin} (weight ${b.weight})`).join(', ')}`);
+  if (proxy.adminPort !== null) console.log(`admin on http://${config.admin!.host}:${proxy.adminPort}`);
   console.log(`store: ${proxy.storeDescription}; workers: ${config.workers}; balance: ${config.balance}`);
   if (demo.length > 0) {
     console.log(`\ndemo: two session origins (srv1, srv2) behind the proxy. Try:`);
@@ -58,7 +59,35 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  process.on('SIGHUP', () => reload(proxy, config, demo.length > 0));
   if (process.env.STICKY_PROXY_TEST_HOOKS === '1') process.on('SIGUSR2', () => proxy.terminateOneWorker());
+}
+
+/**
+ * SIGHUP: re-reads the flags and the --config file and applies the backend
+ * list. Other settings need a restart; a reload that changes them says so. A
+ * file that does not validate changes nothing.
+ */
+function reload(proxy: StickyProxy, running: Config, demo: boolean): void {
+  const log = proxy.log;
+  if (demo) {
+    log.warn('SIGHUP: the demo has nothing to reload');
+    return;
+  }
+  let next: Config | null;
+  try {
+    next = parseConfig(process.argv.slice(2));
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'SIGHUP: configuration rejected; nothing changed');
+    return;
+  }
+  if (next === null || next.backends.length === 0) {
+    log.error('SIGHUP: the new configuration has no backend; nothing changed');
+    return;
+  }
+  proxy.applyBackends(next.backends);
+  const ignored = Object.keys(next).filter((k) => k !== 'backends' && JSON.stringify(next[k as keyof Config]) !== JSON.stringify(running[k as keyof Config]));
+  if (ignored.length > 0) log.warn({ settings: ignored }, 'SIGHUP: these settings take effect at the next restart');
 }
 
 await main();

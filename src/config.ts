@@ -1,6 +1,7 @@
 // Command-line configuration. Every value is validated before anything starts,
 // and an error names the flag it is about, so a bad deployment fails in one line.
 import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 
 export type BalanceAlgorithm = 'round-robin' | 'least-conn' | 'random-two';
@@ -46,6 +47,14 @@ export interface Config {
   logLevel: string;
   forwarded: boolean;
   rewriteHost: boolean;
+  /** Where the admin API listens, or null. */
+  admin: { host: string; port: number } | null;
+  accessLog: boolean;
+  tls: { cert: string; key: string } | null;
+  /** A CA file to trust for https:// backends, besides the system's. */
+  backendCa: string | null;
+  /** The --config file, for SIGHUP reloads. */
+  configFile: string | null;
 }
 
 export class ConfigError extends Error {
@@ -118,6 +127,15 @@ With no --backend, a demo starts: two session origins behind the proxy.
   --forwarded                   add an RFC 7239 Forwarded header (X-Forwarded-For, -Proto, -Host
                                 and Via are always added)
   --rewrite-host                send the backend's host:port as Host (default: the client's Host)
+  --tls-cert FILE, --tls-key FILE  terminate HTTPS on --listen with this PEM certificate and key
+  --backend-ca FILE             trust this PEM CA for https:// backends (besides the system's)
+
+ Operations
+  --config FILE                 a JSON file holding any of these flags (fields named like the
+                                flags, without dashes); flags override it; SIGHUP reloads it
+  --admin HOST:PORT             admin API: /metrics, /healthz, /readyz, /backends, and
+                                POST /backends/NAME/drain|disable|enable (loopback unless told)
+  --access-log                  log every request: method, path, status, backend, affinity, time
   --log-level LEVEL             fatal | error | warn | info | debug | trace | silent (default info)
   -h, --help                    this text
 `;
@@ -127,6 +145,17 @@ const BACKEND_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 // RFC 6265 token characters: what a cookie name may be.
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const PREFIX = /^[\x21-\x7e]{0,64}$/;
+
+/** Reads a PEM file now, so a wrong path fails at start, naming its flag. */
+function pem(flag: string, file: string): string {
+  try {
+    const text = readFileSync(file, 'utf8');
+    if (!text.includes('-----BEGIN ')) throw new Error('not a PEM file');
+    return text;
+  } catch (err) {
+    throw new ConfigError(flag, `cannot use "${file}": ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
 
 function int(flag: string, raw: string | undefined, def: number, min: number, max: number): number {
   if (raw === undefined) return def;
@@ -168,57 +197,112 @@ function parseBackend(raw: string): BackendConfig {
   return { name, url, weight };
 }
 
-/** Parses argv; throws ConfigError naming the flag. Returns null when --help was asked. */
-export function parseConfig(argv: string[]): Config | null {
-  let values;
+const OPTIONS = {
+  config: { type: 'string' },
+  listen: { type: 'string' },
+  backend: { type: 'string', multiple: true },
+  'session-cookie': { type: 'string', multiple: true },
+  'no-affinity': { type: 'boolean' },
+  memcache: { type: 'string' },
+  workers: { type: 'string' },
+  'batch-max': { type: 'string' },
+  balance: { type: 'string' },
+  'default-ttl': { type: 'string' },
+  'max-ttl': { type: 'string' },
+  'key-prefix': { type: 'string' },
+  'store-timeout': { type: 'string' },
+  'embedded-max-entries': { type: 'string' },
+  'learn-queue': { type: 'string' },
+  'upstream-connections': { type: 'string' },
+  'upstream-connect-timeout': { type: 'string' },
+  'upstream-header-timeout': { type: 'string' },
+  'upstream-body-timeout': { type: 'string' },
+  'backend-ca': { type: 'string' },
+  retries: { type: 'string' },
+  'health-path': { type: 'string' },
+  'health-interval': { type: 'string' },
+  'health-timeout': { type: 'string' },
+  'health-rise': { type: 'string' },
+  'health-fall': { type: 'string' },
+  'eject-after': { type: 'string' },
+  'eject-cooldown': { type: 'string' },
+  'client-header-timeout': { type: 'string' },
+  'client-idle-timeout': { type: 'string' },
+  'max-connections': { type: 'string' },
+  'shutdown-timeout': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  admin: { type: 'string' },
+  'access-log': { type: 'boolean' },
+  'log-level': { type: 'string' },
+  forwarded: { type: 'boolean' },
+  'rewrite-host': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; strict: true; allowPositionals: false }>>['values'];
+
+function parseFlags(argv: string[]): Values {
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        listen: { type: 'string' },
-        backend: { type: 'string', multiple: true },
-        'session-cookie': { type: 'string', multiple: true },
-        'no-affinity': { type: 'boolean' },
-        memcache: { type: 'string' },
-        workers: { type: 'string' },
-        'batch-max': { type: 'string' },
-        balance: { type: 'string' },
-        'default-ttl': { type: 'string' },
-        'max-ttl': { type: 'string' },
-        'key-prefix': { type: 'string' },
-        'store-timeout': { type: 'string' },
-        'embedded-max-entries': { type: 'string' },
-        'learn-queue': { type: 'string' },
-        'upstream-connections': { type: 'string' },
-        'upstream-connect-timeout': { type: 'string' },
-        'upstream-header-timeout': { type: 'string' },
-        'upstream-body-timeout': { type: 'string' },
-        retries: { type: 'string' },
-        'health-path': { type: 'string' },
-        'health-interval': { type: 'string' },
-        'health-timeout': { type: 'string' },
-        'health-rise': { type: 'string' },
-        'health-fall': { type: 'string' },
-        'eject-after': { type: 'string' },
-        'eject-cooldown': { type: 'string' },
-        'client-header-timeout': { type: 'string' },
-        'client-idle-timeout': { type: 'string' },
-        'max-connections': { type: 'string' },
-        'shutdown-timeout': { type: 'string' },
-        'log-level': { type: 'string' },
-        forwarded: { type: 'boolean' },
-        'rewrite-host': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
+    return parseArgs({ args: argv, strict: true, allowPositionals: false, options: OPTIONS }).values;
   } catch (err) {
     const msg = (err as Error).message.split('\n')[0];
     const flag = /'(-[^' ]+)/.exec(msg)?.[1] ?? 'arguments';
     throw new ConfigError(flag, msg);
   }
-  if (values.help) return null;
+}
+
+/**
+ * The configuration file: a JSON object whose fields are the flags' names
+ * without dashes ("backend": ["srv1=http://10.0.0.11:3000,weight=2"],
+ * "workers": 2, "access-log": true...). Every field is checked by the same
+ * rules as its flag, and errors name the file and the field.
+ */
+export function readConfigFile(file: string): Values {
+  const where = `${file}`;
+  let doc: unknown;
+  try {
+    doc = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new ConfigError('--config', `${where}: ${(err as Error).message}`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new ConfigError('--config', `${where}: expected a JSON object`);
+  const argv: string[] = [];
+  for (const [field, value] of Object.entries(doc)) {
+    const spec = (OPTIONS as Record<string, { type: string; multiple?: boolean }>)[field];
+    if (spec === undefined || field === 'config' || field === 'help') throw new ConfigError('--config', `${where}: unknown field "${field}"`);
+    const wrong = (what: string): never => { throw new ConfigError('--config', `${where}: field "${field}" must be ${what}`); };
+    if (spec.type === 'boolean') {
+      if (typeof value !== 'boolean') wrong('true or false');
+      if (value) argv.push(`--${field}`);
+      continue;
+    }
+    const items = spec.multiple ? (Array.isArray(value) ? value : wrong('an array')) : [value];
+    for (const item of items as unknown[]) {
+      if (typeof item !== 'string' && typeof item !== 'number') wrong(spec.multiple ? 'an array of strings' : 'a string or a number');
+      argv.push(`--${field}=${item}`);
+    }
+  }
+  const values = parseFlags(argv);
+  try {
+    build(values);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new ConfigError('--config', `${where}: field "${err.flag.replace(/^--/, '')}": ${err.message.slice(err.flag.length + 2)}`);
+  }
+  return values;
+}
+
+/** Parses argv (and the --config file it names); throws ConfigError naming the flag. Returns null when --help was asked. */
+export function parseConfig(argv: string[]): Config | null {
+  const cli = parseFlags(argv);
+  if (cli.help) return null;
+  // Flags override the file's fields, repeatable ones as a whole.
+  const values = cli.config === undefined ? cli : { ...readConfigFile(cli.config), ...cli };
+  return build(values);
+}
+
+function build(values: Values): Config {
 
   const listen = parseHostPort('--listen', values.listen ?? '127.0.0.1:8080');
 
@@ -255,6 +339,12 @@ export function parseConfig(argv: string[]): Config | null {
 
   const healthPath = values['health-path'] ?? null;
   if (healthPath !== null && !/^\/[\x21-\x7e]*$/.test(healthPath)) throw new ConfigError('--health-path', `must be a path starting with /, got "${healthPath}"`);
+  const admin = values.admin === undefined ? null : parseHostPort('--admin', values.admin);
+  const certFile = values['tls-cert'];
+  const keyFile = values['tls-key'];
+  if ((certFile === undefined) !== (keyFile === undefined)) throw new ConfigError(certFile === undefined ? '--tls-key' : '--tls-cert', 'needs --tls-cert and --tls-key together');
+  const tls = certFile !== undefined && keyFile !== undefined ? { cert: pem('--tls-cert', certFile), key: pem('--tls-key', keyFile) } : null;
+  if (values['backend-ca'] !== undefined) pem('--backend-ca', values['backend-ca']);
   const logLevel = values['log-level'] ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError('--log-level', `expected one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
 
@@ -292,5 +382,10 @@ export function parseConfig(argv: string[]): Config | null {
     logLevel,
     forwarded: values.forwarded ?? false,
     rewriteHost: values['rewrite-host'] ?? false,
+    admin,
+    accessLog: values['access-log'] ?? false,
+    tls,
+    backendCa: values['backend-ca'] ?? null,
+    configFile: values.config ?? null,
   };
 }

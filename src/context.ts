@@ -4,6 +4,7 @@ import type { BackendSet } from './backends.ts';
 import type { Balancer } from './balance.ts';
 import type { Health } from './health.ts';
 import type { Logger } from './log.ts';
+import type { ProxyMetrics } from './metrics.ts';
 
 export interface ProxyContext {
   affinity: Affinity;
@@ -11,6 +12,9 @@ export interface ProxyContext {
   balancer: Balancer;
   health: Health;
   log: Logger;
+  metrics: ProxyMetrics;
+  /** The access log, or null when --access-log is off. */
+  access: Logger | null;
   sessionCookies: readonly string[];
   /** Lifetime of sliding bindings, seconds: an open WebSocket refreshes its binding well within it. */
   defaultTtl: number;

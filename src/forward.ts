@@ -7,7 +7,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { LearnWaiter, LookupWaiter } from './affinity.ts';
 import type { Backend } from './backends.ts';
-import { chooseBackend } from './balance.ts';
+import { chooseBackend, type Route } from './balance.ts';
 import type { ProxyContext } from './context.ts';
 import { requestHeaders, responseHeaders } from './headers.ts';
 import { sessionSetCookies } from './learn.ts';
@@ -38,6 +38,8 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
   controller: Controller | null = null;
   /** The session's store key when the request carried a bound session. */
   boundKey = '';
+  route: Route = 'none';
+  readonly t0 = performance.now();
   attempts = 0;
   started = false;
   // A response head held back while its session cookie is being stored, so a
@@ -74,7 +76,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
 
   #dispatch(backend: Backend | null): void {
     if (backend === null) {
-      this.#fail(503, 'no backend available');
+      this.#fail(503, 'no backend available', 'none');
       return;
     }
     this.backend = backend;
@@ -102,6 +104,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     if (statusCode >= 500) this.ctx.health.failure(backend, `status ${statusCode}`);
     else this.ctx.health.success(backend);
     if (this.ctx.closing) this.res.shouldKeepAlive = false;
+    this.#answered(backend.name, statusCode);
     const headers = responseHeaders(controller.rawHeaders as Buffer[]);
     const setCookies = sessionSetCookies(headers, this.ctx.affinity);
     if (setCookies === null) {
@@ -117,7 +120,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
 
   onLearned(replaced: boolean): void {
     if (replaced && this.backend !== null) {
-      this.backend.sessionsReplaced++;
+      this.ctx.metrics.replaced.inc({ backend: this.backend.name });
       this.ctx.log.debug({ backend: this.backend.name }, 'session replaced: a bound request was answered with a new session id');
     }
     if (this.heldHeaders === null || this.done) return;
@@ -159,7 +162,7 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     if (!this.res.headersSent) {
       const timeout = code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT';
       this.ctx.log.warn({ backend: backend.name, code, status: timeout ? 504 : 502 }, timeout ? 'backend timed out' : 'backend failed');
-      this.#fail(timeout ? 504 : 502, timeout ? 'backend timed out' : 'bad gateway');
+      this.#fail(timeout ? 504 : 502, timeout ? 'backend timed out' : 'bad gateway', backend.name);
     } else {
       // Part of the answer is out: the client must see it cut, not complete.
       this.ctx.log.warn({ backend: backend.name, code }, 'backend failed mid-response; client connection cut');
@@ -218,7 +221,19 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     }
   }
 
-  #fail(status: number, reason: string): void {
+  #answered(backend: string, status: number): void {
+    const seconds = (performance.now() - this.t0) / 1000;
+    this.ctx.metrics.answered(backend, status, seconds);
+    const access = this.ctx.access;
+    if (access !== null) {
+      // The path without query or ;parameters: session ids travel there too (;jsessionid=).
+      const end = this.path.search(/[?;]/);
+      access.info({ method: this.req.method, path: end < 0 ? this.path : this.path.slice(0, end), status, backend, affinity: this.route, ms: Math.round(seconds * 1e4) / 10 });
+    }
+  }
+
+  #fail(status: number, reason: string, backend: string): void {
+    this.#answered(backend, status);
     this.done = true;
     const res = this.res;
     const body = `${reason}\n`;

@@ -21,8 +21,12 @@ export class Health {
   }
 
   start(): void {
-    if (this.#opts.healthPath === null) return;
-    for (const b of this.#backends.list) this.#schedule(() => this.#check(b, 0, 0), 0);
+    for (const b of this.#backends.list) this.watch(b);
+  }
+
+  /** Starts active checks of a backend (one added by a reload, too); they stop once it is removed. */
+  watch(b: Backend): void {
+    if (this.#opts.healthPath !== null) this.#schedule(() => this.#check(b, 0, 0), 0);
   }
 
   stop(): void {
@@ -67,7 +71,7 @@ export class Health {
     } catch {
       ok = false;
     }
-    if (this.#stopped) return;
+    if (this.#stopped || b.removed) return;
     if (ok) { passes++; fails = 0; } else { fails++; passes = 0; }
     if (!b.healthy && passes >= o.healthRise) {
       b.healthy = true;

@@ -1,17 +1,23 @@
 // Assembles the proxy from its parts and owns their lifetimes: start-up,
-// and a graceful shutdown that lets requests finish and flushes learns.
+// reloads of the backend list, and a graceful shutdown that lets requests
+// finish and flushes learns.
+import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Piscina } from 'piscina';
+import { Registry } from 'prom-client';
 import { Affinity, type BatchRunner } from './affinity.ts';
 import { Acceptor } from './accept.ts';
+import { createAdmin } from './admin.ts';
 import { BackendSet } from './backends.ts';
 import { createBalancer } from './balance.ts';
 import type { AffinityBatch, AffinityAnswer, ResolverSettings } from './batch.ts';
-import type { Config } from './config.ts';
+import type { BackendConfig, Config } from './config.ts';
 import type { ProxyContext } from './context.ts';
 import { Health } from './health.ts';
 import { silent, type Logger } from './log.ts';
+import { ProxyMetrics, ResolverMetrics } from './metrics.ts';
 import { Resolver, describeStore } from './resolver.ts';
 import { embeddedStoreBytes } from './store/embedded.ts';
 
@@ -83,6 +89,7 @@ function embeddedMemory(config: Config): SharedArrayBuffer | null {
 export class StickyProxy {
   readonly config: Config;
   readonly log: Logger;
+  readonly registry = new Registry();
   readonly backends: BackendSet;
   readonly affinity: Affinity;
   readonly health: Health;
@@ -90,6 +97,8 @@ export class StickyProxy {
   readonly ctx: ProxyContext;
   readonly storeDescription: string;
   readonly runner: BatchRunner;
+  readonly admin: Server | null;
+  listening = false;
 
   private constructor(config: Config, log: Logger) {
     this.config = config;
@@ -105,17 +114,25 @@ export class StickyProxy {
       embedded: embeddedMemory(config),
     };
     const affinityOff = config.sessionCookies.length === 0;
-    const inline = config.workers === 0 || affinityOff ? new Resolver(settings) : null;
+    const inline = config.workers === 0 || affinityOff ? new Resolver(settings, new ResolverMetrics(this.registry)) : null;
     // Workers open their own store; the main thread only describes it.
     this.storeDescription = affinityOff ? 'none (affinity off)' : inline?.store.description ?? describeStore(settings);
-    this.runner = inline !== null ? new InlineRunner(inline) : new PoolRunner(config.workers, settings, log);
-    this.backends = new BackendSet(config.backends, config);
+    const pool = inline === null ? new PoolRunner(config.workers, settings, log) : null;
+    this.runner = pool ?? new InlineRunner(inline!);
+    this.backends = new BackendSet(config.backends, { ...config, ca: config.backendCa === null ? null : readPem(config.backendCa) });
+    const metrics = new ProxyMetrics(this.registry, {
+      queueDepth: () => pool?.pool.queueSize ?? 0,
+      utilization: () => pool?.pool.utilization ?? 0,
+      backends: () => this.backends.list,
+      clients: () => this.acceptor.open,
+    });
     this.affinity = new Affinity({
       sessionCookies: config.sessionCookies,
       batchMax: config.batchMax,
       // The store has its own deadline; this one only catches a dead or stuck
       // worker, with room for a busy machine's scheduling delays.
       deadlineMs: config.storeTimeoutMs + 500,
+      onBatch: (size) => metrics.batchSize.observe(size),
     }, this.runner);
     this.health = new Health(this.backends, config, log);
     this.ctx = {
@@ -124,39 +141,54 @@ export class StickyProxy {
       balancer: createBalancer(config.balance, this.backends.list),
       health: this.health,
       log,
+      metrics,
+      access: config.accessLog ? log.child({ access: true }) : null,
       sessionCookies: config.sessionCookies,
       defaultTtl: config.defaultTtl,
       retries: config.retries,
       closing: false,
-      proto: 'http',
+      proto: config.tls === null ? 'http' : 'https',
       forwarded: config.forwarded,
       rewriteHost: config.rewriteHost,
     };
     this.acceptor = new Acceptor(this.ctx, config);
+    this.admin = config.admin === null ? null : createAdmin({
+      backends: this.backends,
+      registry: this.registry,
+      workers: pool === null ? 0 : config.workers,
+      listening: () => this.listening,
+      log,
+    });
   }
 
   static async start(config: Config, log: Logger = silent): Promise<StickyProxy> {
     const proxy = new StickyProxy(config, log);
     await proxy.runner.ready;
-    const listener = proxy.acceptor.listener;
-    await new Promise<void>((resolve, reject) => {
-      listener.once('error', reject);
-      listener.listen(config.listenPort, config.listenHost, () => {
-        listener.off('error', reject);
-        resolve();
-      });
-    });
+    await listen(proxy.acceptor.listener, config.listenPort, config.listenHost);
+    if (proxy.admin !== null && config.admin !== null) await listen(proxy.admin, config.admin.port, config.admin.host);
     proxy.health.start();
+    proxy.listening = true;
     return proxy;
+  }
+
+  get port(): number {
+    return (this.acceptor.listener.address() as AddressInfo).port;
+  }
+
+  get adminPort(): number | null {
+    return this.admin === null ? null : (this.admin.address() as AddressInfo).port;
+  }
+
+  /** Applies a new backend list (a SIGHUP reload) without dropping a connection. */
+  applyBackends(configs: BackendConfig[]): void {
+    const { added, removed, reweighted } = this.backends.apply(configs);
+    for (const b of added) this.health.watch(b);
+    this.log.info({ added: added.map((b) => b.name), removed: removed.map((b) => b.name), reweighted: reweighted.map((b) => b.name) }, 'backends reloaded');
   }
 
   /** Fault injection for tests (STICKY_PROXY_TEST_HOOKS=1, SIGUSR2): ends one affinity worker. */
   terminateOneWorker(): void {
     if (this.runner instanceof PoolRunner) void this.runner.pool.threads[0]?.terminate();
-  }
-
-  get port(): number {
-    return (this.acceptor.listener.address() as AddressInfo).port;
   }
 
   /**
@@ -165,6 +197,7 @@ export class StickyProxy {
    */
   async close(timeoutMs = 0): Promise<void> {
     this.ctx.closing = true;
+    this.listening = false;
     this.acceptor.listener.close();
     const http = this.acceptor.http;
     const deadline = Date.now() + timeoutMs;
@@ -177,7 +210,23 @@ export class StickyProxy {
       http.closeAllConnections();
     }
     this.health.stop();
+    this.admin?.close();
+    this.admin?.closeAllConnections();
     await this.affinity.close();
     await this.backends.close();
   }
+}
+
+function listen(server: { listen(port: number, host: string, cb: () => void): unknown; once(e: 'error', f: (err: Error) => void): unknown; off(e: 'error', f: (err: Error) => void): unknown }, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+function readPem(file: string): string {
+  return readFileSync(file, 'utf8');
 }

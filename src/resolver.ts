@@ -6,6 +6,7 @@ import { requestSessionKeys, sessionKey, sessionSetCookie, type SessionCookie, t
 import type { AffinityStore } from './store/store.ts';
 import { EmbeddedStore } from './store/embedded.ts';
 import { MemcachedStore, memcachedDescription } from './store/memcached.ts';
+import type { ResolverMetrics } from './metrics.ts';
 
 export function openStore(s: ResolverSettings): AffinityStore {
   if (s.embedded !== null) return new EmbeddedStore(s.embedded);
@@ -22,11 +23,19 @@ export class Resolver {
   readonly store: AffinityStore;
   readonly #names: readonly string[];
   readonly #rules: TtlRules;
+  readonly #m: ResolverMetrics;
+  // Shared failure counters: no closure per store operation.
+  readonly #setFailed: () => void;
+  readonly #deleteFailed: () => void;
 
-  constructor(settings: ResolverSettings, store: AffinityStore = openStore(settings)) {
+  constructor(settings: ResolverSettings, metrics: ResolverMetrics, store: AffinityStore = openStore(settings)) {
     this.store = store;
     this.#names = settings.sessionCookies;
     this.#rules = { defaultTtl: settings.defaultTtl, maxTtl: settings.maxTtl };
+    this.#m = metrics;
+    this.#setFailed = () => metrics.storeErrors.inc({ op: 'set' });
+    this.#deleteFailed = () => metrics.storeErrors.inc({ op: 'delete' });
+    if (store instanceof MemcachedStore) metrics.observeQueue(() => store.queued, () => store.dropped);
   }
 
   async run(batch: AffinityBatch): Promise<AffinityAnswer> {
@@ -46,7 +55,8 @@ export class Resolver {
     }
     for (let m = 0; m < batch.bindKeys.length; m++) {
       // The binding's lifetime is unknown here: it slides until the app's next Set-Cookie says.
-      pending.push(this.store.set(batch.bindKeys[m], batch.bindBackends[m], this.#rules.defaultTtl, true).catch(noop));
+      this.#m.binds.inc();
+      pending.push(this.store.set(batch.bindKeys[m], batch.bindBackends[m], this.#rules.defaultTtl, true).catch(this.#setFailed));
     }
     await Promise.all(pending);
     return answer;
@@ -56,17 +66,26 @@ export class Resolver {
   async #lookup(keys: string[], i: number, answer: AffinityAnswer): Promise<void> {
     answer.keys[i] = keys[0];
     let failed = false;
-    const results = await Promise.all(keys.map((k) => this.store.get(k).catch(() => { failed = true; return null; })));
+    const m = this.#m;
+    const t0 = performance.now();
+    const results = await Promise.all(keys.map((k) => this.store.get(k).catch(() => {
+      failed = true;
+      m.storeErrors.inc({ op: 'get' });
+      return null;
+    })));
+    m.storeGet.observe((performance.now() - t0) / 1000);
     for (let k = 0; k < results.length; k++) {
       const b = results[k];
       if (b !== null) {
         answer.outcomes[i] = HIT;
         answer.backends[i] = b.backend;
         answer.keys[i] = keys[k];
+        m.hits.inc();
         return;
       }
     }
     answer.outcomes[i] = failed ? STORE_FAILED : MISS;
+    (failed ? m.storeFailures : m.misses).inc();
   }
 
   /** Applies one response's session cookies; true when it replaced the id the request was bound by. */
@@ -83,21 +102,24 @@ export class Resolver {
         const key = sessionKey(sc.name, sc.id);
         // A new id for the cookie the request was bound by: the app lost or rotated the session.
         if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) replaced = true;
-        pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(noop));
+        this.#m.learns.inc();
+        pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(this.#setFailed));
         continue;
       }
       // Clearing: the id the client sent is the one to forget (apps clear with an empty value).
       const sent = requestSessionKeys(requestCookie, [sc.name]);
-      if (sent.length > 0) pending.push(this.store.delete(sent[0]).catch(noop));
-      if (sc.id !== '' && sessionKey(sc.name, sc.id) !== sent[0]) pending.push(this.store.delete(sessionKey(sc.name, sc.id)).catch(noop));
+      if (sent.length > 0) this.#unbind(sent[0], pending);
+      if (sc.id !== '' && sessionKey(sc.name, sc.id) !== sent[0]) this.#unbind(sessionKey(sc.name, sc.id), pending);
     }
     return replaced;
+  }
+
+  #unbind(key: string, pending: Promise<void>[]): void {
+    this.#m.unbinds.inc();
+    pending.push(this.store.delete(key).catch(this.#deleteFailed));
   }
 
   close(): Promise<void> {
     return this.store.close();
   }
 }
-
-// A failed learn costs only that session's affinity; the response is not held for it.
-function noop(): void {}

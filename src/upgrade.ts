@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
 import type { LookupWaiter } from './affinity.ts';
 import type { Backend } from './backends.ts';
-import { chooseBackend } from './balance.ts';
+import { chooseBackend, type Route } from './balance.ts';
 import type { ProxyContext } from './context.ts';
 import { endToEnd, rawToStrings, requestHeaders } from './headers.ts';
 
@@ -29,6 +29,7 @@ export class Upgrade implements Dispatcher.DispatchHandler, LookupWaiter {
   readonly path: string;
   readonly cookie: string;
   boundKey = '';
+  route: Route = 'none';
   backend: Backend | null = null;
   upstream: Duplex | null = null;
   refresh: NodeJS.Timeout | undefined;

@@ -233,9 +233,10 @@ test('close() ends every socket and timer: a process using the client exits by i
     await Promise.allSettled(keys.map((k) => c.set(k, 'v', 0)));
     await new Promise((r) => setTimeout(r, 300));
     const got = await Promise.allSettled(keys.map((k) => c.get(k)));
-    const pending = [c.get('exit:0'), c.set('exit:x', 'y', 0)];
+    // Settled-handlers first: a key on the dead server rejects at once, while close() is awaited.
+    const pending = Promise.allSettled([c.get('exit:0'), c.set('exit:x', 'y', 0)]);
     await c.close();
-    await Promise.allSettled(pending);
+    await pending;
     console.log(JSON.stringify(got.map((g) => g.status === 'fulfilled' ? 'ok' : g.reason.code)));
   `;
   const child = spawn(process.execPath, ['--input-type=module-typescript', '-e', script], {
