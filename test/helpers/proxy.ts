@@ -65,7 +65,7 @@ export async function startProxy(args: string[], env: NodeJS.ProcessEnv = {}): P
       buffered = lines.pop()!;
       for (const line of lines) {
         output.push(line);
-        const m = /listening on (http:\/\/\S+)/.exec(line);
+        const m = /listening on (https?:\/\/\S+)/.exec(line);
         if (m) url = m[1];
         if (line.startsWith('store: ')) { clearTimeout(timer); resolve(); }
       }
