@@ -67,9 +67,10 @@ export class ConfigError extends Error {
 
 export const DEFAULT_SESSION_COOKIES = ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId'];
 
-// Affinity work is light next to HTTP parsing, which stays on the main thread:
-// one worker leaves the other core to the main thread (see the README's curve).
-const DEFAULT_WORKERS = 1;
+// Measured fastest (README, Benchmarks): on this 2-core class of machine the
+// main thread's HTTP work is the bottleneck, and a worker's message round trips
+// and its own core share cost more than the cookie parsing they take off it.
+const DEFAULT_WORKERS = 0;
 
 export const HELP = `Usage: sticky-proxy [flags]
 

@@ -65,3 +65,11 @@ test('defaults', () => {
   assert.equal(b.backends[0].weight, 5);
   assert.equal(b.listenHost, '::1');
 });
+
+test('the sample configuration file in the repository validates', () => {
+  const c = parseConfig(['--config', new URL('../sticky-proxy.example.json', import.meta.url).pathname])!;
+  assert.equal(c.backends.length, 2);
+  assert.equal(c.backends[1].weight, 2);
+  assert.deepEqual(c.memcache, ['10.0.0.5:11211', '10.0.0.6:11211']);
+  assert.deepEqual(c.admin, { host: '127.0.0.1', port: 9901 });
+});
