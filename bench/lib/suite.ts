@@ -3,7 +3,7 @@
 // RSS and CPU belong to that scenario alone. Origins and memcached live for the
 // whole run. Used by bench/run.ts (npm run bench) and bench/quick.ts.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as hdr from 'hdr-histogram-js';
@@ -212,8 +212,11 @@ export async function runSuite(opts: Options): Promise<SuiteResult> {
   try {
     // What is installed decides what runs; a missing piece skips its targets.
     const hasNginx = which('nginx') !== null;
-    const originKind = opts.origin === 'auto' ? (hasNginx ? 'nginx' : 'node') : opts.origin;
+    // The peers' configurations live beside the checkout (../shared/peers); a clone without them runs our own.
+    const hasPeers = existsSync(join(opts.peersDir, 'origin-nginx.conf'));
+    const originKind = opts.origin === 'auto' ? (hasNginx && hasPeers ? 'nginx' : 'node') : opts.origin;
     if (originKind === 'nginx' && !hasNginx) throw new Error('--origin nginx: nginx is not installed');
+    if (originKind === 'nginx' && !hasPeers) throw new Error(`--origin nginx: no peer configurations in ${opts.peersDir}`);
     origins = await startOrigins(originKind, dir, opts.peersDir);
     result.origin = originKind === 'nginx' ? 'nginx (peers/origin-nginx.conf)' : 'bench/origin.ts (Node)';
     opts.log(`origins: ${result.origin} on ports ${origins.servers.map((s) => s.port).join(', ')}`);
@@ -229,8 +232,11 @@ export async function runSuite(opts: Options): Promise<SuiteResult> {
     }
     if (which('haproxy') === null) unavailable.set('haproxy', 'haproxy is not installed');
     if (!hasNginx) unavailable.set('nginx', 'nginx is not installed');
+    if (!hasPeers) {
+      for (const peer of ['haproxy', 'nginx', 'http-proxy'] as const) unavailable.set(peer, `no peer configurations in ${opts.peersDir}`);
+    }
     let httpProxyPath: string | null = null;
-    if (wanted.has('http-proxy')) {
+    if (wanted.has('http-proxy') && hasPeers) {
       const r = await ensureHttpProxy(opts.httpProxyCache, opts.install);
       if ('skip' in r) unavailable.set('http-proxy', r.skip);
       else httpProxyPath = r.nodePath;
