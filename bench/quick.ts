@@ -22,7 +22,7 @@ const rep = stderrReporter();
 const release = guard(120_000);
 const res = await runSuite({
   scenarios: ['seed'],
-  targets: ['sp-mc-w1', 'sp-noaff', 'sp-emb-w1'],
+  targets: ['sp-mc-w0', 'sp-noaff', 'sp-emb-w0'],
   connections: Number(a.connections),
   idleConnections: 0,
   idlePingMs: 0,
@@ -37,7 +37,7 @@ const res = await runSuite({
   progress: rep.progress,
 });
 release();
-const names: Record<string, string> = { 'sp-mc-w1': 'affinity on, memcached', 'sp-noaff': 'affinity off (--no-affinity)', 'sp-emb-w1': 'affinity on, embedded store' };
+const names: Record<string, string> = { 'sp-mc-w0': 'affinity on, memcached', 'sp-noaff': 'affinity off (--no-affinity)', 'sp-emb-w0': 'affinity on, embedded store' };
 if (a.json) {
   process.stdout.write(`${JSON.stringify(res.rows.map((r) => ({ target: r.target, requestsPerSec: r.requestsPerSec, p50: r.p50, p99: r.p99, errors: r.errors })))}\n`);
 } else {

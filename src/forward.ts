@@ -26,6 +26,11 @@ const CONNECTION_ERRORS = new Set([
 // Of those, the ones where the request cannot have reached the backend.
 const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT_TIMEOUT']);
 
+/** The headers a request carries to `backend`, as the context's forwarding settings say. */
+export function upstreamHeaders(req: IncomingMessage, ctx: ProxyContext, backend: Backend): string[] {
+  return requestHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', ctx.proto, ctx.forwarded, ctx.rewriteHost ? backend.url.host : null);
+}
+
 export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnWaiter {
   readonly req: IncomingMessage;
   readonly res: ProxyResponse;
@@ -82,13 +87,11 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     this.backend = backend;
     this.attempts++;
     backend.active++;
-    const req = this.req;
-    const ctx = this.ctx;
     backend.pool.dispatch({
       path: this.path,
-      method: req.method as Dispatcher.HttpMethod,
-      headers: requestHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', ctx.proto, ctx.forwarded, ctx.rewriteHost ? backend.url.host : null),
-      body: this.hasBody ? req : null,
+      method: this.req.method as Dispatcher.HttpMethod,
+      headers: upstreamHeaders(this.req, this.ctx, backend),
+      body: this.hasBody ? this.req : null,
     }, this);
   }
 

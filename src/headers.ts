@@ -27,16 +27,13 @@ function connectionTokens(raw: readonly string[]): string[] | null {
   return tokens;
 }
 
-/**
- * The end-to-end headers of a flat raw list, with `keep` passing through one
- * hop-by-hop header by name (the Upgrade and Connection of an upgrade).
- */
-export function endToEnd(raw: readonly string[], keep: ReadonlySet<string> | null = null): string[] {
+/** The end-to-end headers of a flat raw list. */
+export function endToEnd(raw: readonly string[]): string[] {
   const named = connectionTokens(raw);
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const lower = raw[i].toLowerCase();
-    if ((HOP_BY_HOP.has(lower) || (named !== null && named.includes(lower))) && !(keep !== null && keep.has(lower))) continue;
+    if (HOP_BY_HOP.has(lower) || (named !== null && named.includes(lower))) continue;
     out.push(raw[i], raw[i + 1]);
   }
   return out;
@@ -55,11 +52,8 @@ export function responseHeaders(raw: readonly (Buffer | string)[]): string[] {
  * and -Host set, Via appended, an RFC 7239 Forwarded header when `forwarded`,
  * and Host replaced by `host` unless it is null.
  */
-export function requestHeaders(
-  raw: readonly string[], remote: string, proto: string, forwarded: boolean, host: string | null,
-  keep: ReadonlySet<string> | null = null,
-): string[] {
-  const out = endToEnd(raw, keep);
+export function requestHeaders(raw: readonly string[], remote: string, proto: string, forwarded: boolean, host: string | null): string[] {
+  const out = endToEnd(raw);
   let clientHost = '';
   for (let i = 0; i < out.length; i += 2) {
     const lower = out[i].toLowerCase();

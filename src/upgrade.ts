@@ -11,7 +11,8 @@ import type { LookupWaiter } from './affinity.ts';
 import type { Backend } from './backends.ts';
 import { chooseBackend, type Route } from './balance.ts';
 import type { ProxyContext } from './context.ts';
-import { endToEnd, rawToStrings, requestHeaders } from './headers.ts';
+import { endToEnd, rawToStrings } from './headers.ts';
+import { upstreamHeaders } from './forward.ts';
 
 type Controller = Dispatcher.DispatchController;
 
@@ -62,14 +63,12 @@ export class Upgrade implements Dispatcher.DispatchHandler, LookupWaiter {
     }
     this.backend = backend;
     backend.active++;
-    const req = this.req;
-    const ctx = this.ctx;
     backend.pool.dispatch({
       path: this.path,
-      method: req.method as Dispatcher.HttpMethod,
+      method: this.req.method as Dispatcher.HttpMethod,
       // undici writes Connection: upgrade and Upgrade: <protocol> itself.
-      headers: requestHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', ctx.proto, ctx.forwarded, ctx.rewriteHost ? backend.url.host : null),
-      upgrade: req.headers.upgrade ?? 'websocket',
+      headers: upstreamHeaders(this.req, this.ctx, backend),
+      upgrade: this.req.headers.upgrade ?? 'websocket',
     }, this);
   }
 

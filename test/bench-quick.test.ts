@@ -41,13 +41,13 @@ test('npm run bench -- --quick finishes and reports every quick target', { timeo
     assert.deepEqual(JSON.parse(stdout.trim().split('\n').pop()!).results, summary.results, 'the --json line is the summary');
     assert.deepEqual(summary.failed, [], stderr);
     const byTarget = new Map(summary.results.filter((r) => r.scenario === 'seed').map((r) => [r.target, r]));
-    for (const target of ['origin', 'sp-mc-w1', 'sp-emb-w1', 'sp-noaff']) {
+    for (const target of ['origin', 'sp-mc-w0', 'sp-emb-w0', 'sp-noaff']) {
       const r = byTarget.get(target);
       assert.ok(r, `${target} missing from the summary`);
       assert.ok(r.requestsPerSec > 0, `${target}: no requests`);
       if (target !== 'origin') assert.equal(r.errors, 0, `${target}: errors ${JSON.stringify(r.errorKinds)}`);
     }
-    for (const f of ['results.md', 'latency-seed.svg', 'seed.sp-mc-w1.hgrm']) assert.ok(readFileSync(join(out, f), 'utf8').length > 0, f);
+    for (const f of ['results.md', 'latency-seed.svg', 'seed.sp-mc-w0.hgrm']) assert.ok(readFileSync(join(out, f), 'utf8').length > 0, f);
   } finally {
     rmSync(out, { recursive: true, force: true });
   }

@@ -80,10 +80,10 @@ export const TARGETS: TargetDef[] = [
 ];
 
 const ALL = TARGETS.map((t) => t.id);
-const CORE = ['origin', 'sp-mc-w1', 'sp-emb-w1', 'sp-noaff', 'haproxy', 'nginx-hash', 'http-proxy'];
+const CORE = ['origin', 'sp-mc-w0', 'sp-emb-w0', 'sp-noaff', 'haproxy', 'nginx-hash', 'http-proxy'];
 /** Default targets per scenario: the --workers sweep where affinity work matters most. */
 export const DEFAULT_TARGETS: Record<string, string[]> = { seed: ALL, storm: ALL, large: CORE, upload: CORE, conns: CORE };
-export const QUICK_TARGETS = ['origin', 'sp-mc-w1', 'sp-emb-w1', 'sp-noaff'];
+export const QUICK_TARGETS = ['origin', 'sp-mc-w0', 'sp-emb-w0', 'sp-noaff'];
 
 export interface Options {
   scenarios: string[];
