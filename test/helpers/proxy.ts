@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
 // The V8 flags bin/sticky-proxy.js and `npm start` run the proxy with.
-export const NODE_FLAGS = ['--max-semi-space-size=1'];
+export const NODE_FLAGS = ['--max-semi-space-size=1', '--optimize-for-size'];
 
 export class ProxyProcess {
   readonly proc: ChildProcess;
