@@ -19,6 +19,9 @@ export function describeStore(s: ResolverSettings): string {
   return memcachedDescription(s.memcache, s.keyPrefix);
 }
 
+/** A lookup the store could not answer. */
+const FAILED: unique symbol = Symbol('store failed');
+
 export class Resolver {
   readonly store: AffinityStore;
   readonly #names: readonly string[];
@@ -65,20 +68,19 @@ export class Resolver {
   /** The first configured cookie whose id is bound wins. */
   async #lookup(keys: string[], i: number, answer: AffinityAnswer): Promise<void> {
     answer.keys[i] = keys[0];
-    let failed = false;
     const m = this.#m;
     const t0 = performance.now();
-    const results = await Promise.all(keys.map((k) => this.store.get(k).catch(() => {
-      failed = true;
-      m.storeErrors.inc({ op: 'get' });
-      return null;
-    })));
+    // Usually one session cookie; several are looked up together.
+    const results: (string | null | typeof FAILED)[] = keys.length === 1 ? [await this.#get(keys[0])] : await Promise.all(keys.map(this.#get));
     m.storeGet.observe((performance.now() - t0) / 1000);
+    let failed = false;
     for (let k = 0; k < results.length; k++) {
-      const b = results[k];
-      if (b !== null) {
+      const backend = results[k];
+      if (backend === FAILED) {
+        failed = true;
+      } else if (backend !== null) {
         answer.outcomes[i] = HIT;
-        answer.backends[i] = b.backend;
+        answer.backends[i] = backend;
         answer.keys[i] = keys[k];
         m.hits.inc();
         return;
@@ -87,6 +89,12 @@ export class Resolver {
     answer.outcomes[i] = failed ? STORE_FAILED : MISS;
     (failed ? m.storeFailures : m.misses).inc();
   }
+
+  readonly #get = (key: string): Promise<string | null | typeof FAILED> => this.store.get(key).catch(this.#getFailed);
+  readonly #getFailed = (): typeof FAILED => {
+    this.#m.storeErrors.inc({ op: 'get' });
+    return FAILED;
+  };
 
   /** Applies one response's session cookies; true when it replaced the id the request was bound by. */
   #learn(backend: string, setCookies: string[], requestCookie: string, bound: string, now: number, pending: Promise<void>[]): boolean {

@@ -4,7 +4,7 @@
 // in one of WAYS slots of its bucket, and a full bucket evicts the binding
 // closest to expiry. Memory is bounded by construction; nothing is resized.
 import { hash } from 'node:crypto';
-import type { AffinityStore, Binding } from './store.ts';
+import type { AffinityStore } from './store.ts';
 
 const WAYS = 8;
 const NAME_BYTES = 64;
@@ -52,7 +52,7 @@ export class EmbeddedStore implements AffinityStore {
     this.description = `embedded (${buckets * WAYS} entries, shared by this process's threads; affinity is local to this instance)`;
   }
 
-  get(key: string): Promise<Binding | null> {
+  get(key: string): Promise<string | null> {
     const d = digest(key);
     const bucket = d[0] & this.#mask;
     this.#lock(bucket);
@@ -64,7 +64,7 @@ export class EmbeddedStore implements AffinityStore {
       if (sliding > 0) s[slot + EXPIRY] = nowSeconds() + sliding;
       const start = (slot + NAME) * 4;
       const name = String.fromCharCode.apply(null, this.#bytes.subarray(start, start + s[slot + NAME_LEN]) as unknown as number[]);
-      return Promise.resolve({ backend: name });
+      return Promise.resolve(name);
     } finally {
       this.#unlock(bucket);
     }

@@ -2,7 +2,7 @@
 // backend name (readable with any memcached tool); the item's flags hold the
 // sliding TTL in seconds, 0 for a binding with a fixed expiry.
 import { MemcacheClient, MemcacheError, exptimeForTtl } from '../memcache/client.ts';
-import type { AffinityStore, Binding } from './store.ts';
+import type { AffinityStore } from './store.ts';
 
 // A sliding binding is refreshed at most once per this fraction of its TTL per
 // thread: "use refreshes it, cheaply" without a write on every request.
@@ -53,11 +53,11 @@ export class MemcachedStore implements AffinityStore {
     this.#queueMax = opts.learnQueue;
   }
 
-  async get(key: string): Promise<Binding | null> {
+  async get(key: string): Promise<string | null> {
     const hit = await this.client.get(key);
     if (hit === null) return null;
     if (hit.flags > 0) this.#slide(key, hit.flags);
-    return { backend: hit.value.toString('latin1') };
+    return hit.value.toString('latin1');
   }
 
   set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void> {
