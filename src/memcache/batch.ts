@@ -85,8 +85,9 @@ export class Batch {
         if (status === Status.OK) {
           const flags = f.extLen >= 4 ? get32(f.buf, f.extrasStart) : 0;
           const start = f.valueStart;
-          // Copy: the frame may live in a 64 KiB socket chunk we must not pin.
-          const value = Buffer.copyBytesFrom(f.buf, start, f.end - start);
+          // A view, not a copy: socket chunks are never reused, so it stays valid;
+          // it does keep its chunk alive while held (the proxy decodes it at once).
+          const value = f.buf.subarray(start, f.end);
           return this.resolveOp(index, { value, flags } satisfies Hit);
         }
         if (status === Status.KEY_NOT_FOUND) return this.resolveOp(index, null);
