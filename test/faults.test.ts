@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
-import { startMemcached, type Memcached } from './helpers/memcached.ts';
+import { inspect, startMemcached, type Memcached } from './helpers/memcached.ts';
 import { startOrigin, startOriginProcess, backendFlags, type Origin } from './helpers/origins.ts';
 import { get, startProxy, type ProxyProcess } from './helpers/proxy.ts';
 import { load, type Shot } from './helpers/load.ts';
@@ -58,12 +58,16 @@ test('memcached killed with kill -9 under load, then restarted: no failed reques
     const running = load(proxy.url, { concurrency: 16, durationMs: 4000, shot: sessionShot('k', 20) });
     await sleep(1000);
     await m.kill();
-    await sleep(1500);
+    await sleep(300);
+    // Learnt during the outage: kept in the queue, written once memcached is back.
+    const [duringOwner] = await learnSessions(proxy.url, 'during-outage', 1);
+    await sleep(1200);
     await m.start();
     const r = await running;
     assert.equal(r.failed, 0, r.failures.join('; '));
     assert.ok(r.ok > 100, `only ${r.ok} requests`);
     await sleep(1500); // reconnection: backoff and probe
+    assert.equal((await inspect(m.port, 'sp:PHPSESSID:during-outage0'))?.value, duringOwner, 'the outage queue was written');
     const [owner] = await learnSessions(proxy.url, 'after-restart', 1);
     assert.equal(await sticks(proxy.url, 'PHPSESSID=after-restart0'), owner);
   } finally {
