@@ -28,7 +28,7 @@ function onDrain(this: ProxyResponse): void {
  * The path to send upstream. An absolute-form target (a client treating us as a
  * forward proxy) is served from our own pool, never followed to its host.
  */
-export function upstreamPath(url: string): string | null {
+function upstreamPath(url: string): string | null {
   if (url.charCodeAt(0) === 47 /* / */) return url;
   if (url === '*') return url;
   if (!/^https?:\/\//i.test(url)) return null;

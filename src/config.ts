@@ -166,7 +166,7 @@ function int(flag: string, raw: string | undefined, def: number, min: number, ma
   return n;
 }
 
-export function parseHostPort(flag: string, raw: string): { host: string; port: number } {
+function parseHostPort(flag: string, raw: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(raw);
   if (!m) throw new ConfigError(flag, `expected HOST:PORT, got "${raw}"`);
   const port = Number(m[3]);
@@ -259,7 +259,7 @@ function parseFlags(argv: string[]): Values {
  * "workers": 2, "access-log": true...). Every field is checked by the same
  * rules as its flag, and errors name the file and the field.
  */
-export function readConfigFile(file: string): Values {
+function readConfigFile(file: string): Values {
   const where = `${file}`;
   let doc: unknown;
   try {

@@ -11,7 +11,7 @@ const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect',
 ]);
 
-export const VIA = '1.1 sticky-proxy';
+const VIA = '1.1 sticky-proxy';
 
 /** Lower-cased names listed in Connection headers: hop-by-hop too. */
 function connectionTokens(raw: readonly string[]): string[] | null {

@@ -8,7 +8,7 @@ import { EmbeddedStore } from './store/embedded.ts';
 import { MemcachedStore, memcachedDescription } from './store/memcached.ts';
 import type { ResolverMetrics } from './metrics.ts';
 
-export function openStore(s: ResolverSettings): AffinityStore {
+function openStore(s: ResolverSettings): AffinityStore {
   if (s.embedded !== null) return new EmbeddedStore(s.embedded);
   return new MemcachedStore({ servers: s.memcache, keyPrefix: s.keyPrefix, timeoutMs: s.storeTimeoutMs, learnQueue: s.learnQueue });
 }
