@@ -1,6 +1,7 @@
-// Keeps the benchmark suite from rotting: `npm run bench -- --quick` must run to
-// the end and write a summary with every expected target answering. No speed
-// thresholds: this machine's speed is not what is tested.
+// Keeps the benchmarks from rotting: `npm run bench -- --quick` and
+// `npm run bench:memcache -- --quick` must run to the end and report every
+// expected target or pattern. No speed thresholds: this machine's speed is
+// not what is tested.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -51,4 +52,34 @@ test('npm run bench -- --quick finishes and reports every quick target', { timeo
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
+});
+
+test('npm run bench:memcache -- --quick --json reports both clients on every pattern, without errors', { timeout: 120_000 }, async (t) => {
+  if (which('memcached') === null) {
+    t.skip('memcached is not installed');
+    return;
+  }
+  const proc = spawn(process.execPath, ['bench/memcache.ts', '--quick', '--json', '--depths', '1,256'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.on('data', (d) => { stdout += d; });
+  proc.stderr.on('data', (d) => { stderr += d; });
+  const [code] = await once(proc, 'exit');
+  assert.equal(code, 0, `bench exited ${code}\n${stderr}`);
+  const out = JSON.parse(stdout.trim().split('\n').pop()!) as {
+    ours_gets_per_sec: number; memjs_gets_per_sec: number; ratio: number; lanes_ratio: number; large_batches_ratio: number;
+    results: { client: string; mode: string; batch: number; depth: number; getsPerSec: number; errors: number; p99: number }[];
+  };
+  // lanes 1, lanes 256, batches of 256 × 1, batches of 1024 × 4: for each client.
+  for (const client of ['ours', 'memjs']) {
+    const mine = out.results.filter((r) => r.client === client);
+    assert.deepEqual(mine.map((r) => `${r.mode}:${r.batch}x${r.depth}`), ['lanes:1x1', 'lanes:1x256', 'batches:256x256', 'batches:1024x4096'], client);
+    for (const r of mine) {
+      assert.ok(r.getsPerSec > 0 && r.p99 > 0, `${client} ${r.mode} ${r.depth}: no gets measured`);
+      assert.equal(r.errors, 0, `${client} ${r.mode} ${r.depth}: errors`);
+    }
+  }
+  assert.equal(out.ours_gets_per_sec, Math.max(...out.results.filter((r) => r.client === 'ours').map((r) => r.getsPerSec)));
+  assert.equal(out.ratio, Number((out.ours_gets_per_sec / out.memjs_gets_per_sec).toFixed(2)));
+  for (const k of ['lanes_ratio', 'large_batches_ratio'] as const) assert.ok(out[k] > 0, k);
 });
