@@ -20,6 +20,18 @@ interface Summary {
   failed: { target: string; reason: string }[];
 }
 
+/** Runs a benchmark script to its end; fails the test unless it exits 0. */
+async function runBench(argv: string[]): Promise<{ stdout: string; stderr: string }> {
+  const proc = spawn(process.execPath, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.on('data', (d) => { stdout += d; });
+  proc.stderr.on('data', (d) => { stderr += d; });
+  const [code] = await once(proc, 'exit');
+  assert.equal(code, 0, `${argv[0]} exited ${code}\n${stderr}`);
+  return { stdout, stderr };
+}
+
 test('npm run bench -- --quick finishes and reports every quick target', { timeout: 180_000 }, async (t) => {
   if (which('memcached') === null) {
     t.skip('memcached is not installed');
@@ -27,16 +39,7 @@ test('npm run bench -- --quick finishes and reports every quick target', { timeo
   }
   const out = mkdtempSync(join(tmpdir(), 'bench-quick-test-'));
   try {
-    const proc = spawn(process.execPath, ['bench/run.ts', '--quick', '--json', '--out', out, '--no-install', '--duration', '2', '--timeout', '150'], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.on('data', (d) => { stdout += d; });
-    proc.stderr.on('data', (d) => { stderr += d; });
-    const [code] = await once(proc, 'exit');
-    assert.equal(code, 0, `bench exited ${code}\n${stderr}`);
+    const { stdout, stderr } = await runBench(['bench/run.ts', '--quick', '--json', '--out', out, '--no-install', '--duration', '2', '--timeout', '150']);
 
     const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')) as Summary;
     assert.deepEqual(JSON.parse(stdout.trim().split('\n').pop()!).results, summary.results, 'the --json line is the summary');
@@ -59,13 +62,7 @@ test('npm run bench:memcache -- --quick --json reports both clients on every pat
     t.skip('memcached is not installed');
     return;
   }
-  const proc = spawn(process.execPath, ['bench/memcache.ts', '--quick', '--json', '--depths', '1,256'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  proc.stdout.on('data', (d) => { stdout += d; });
-  proc.stderr.on('data', (d) => { stderr += d; });
-  const [code] = await once(proc, 'exit');
-  assert.equal(code, 0, `bench exited ${code}\n${stderr}`);
+  const { stdout } = await runBench(['bench/memcache.ts', '--quick', '--json', '--depths', '1,256']);
   const out = JSON.parse(stdout.trim().split('\n').pop()!) as {
     ours_gets_per_sec: number; memjs_gets_per_sec: number; ratio: number; lanes_ratio: number; large_batches_ratio: number;
     results: { client: string; mode: string; batch: number; depth: number; getsPerSec: number; errors: number; p99: number }[];
