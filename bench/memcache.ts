@@ -141,7 +141,7 @@ try {
     const best = new Map<string, Result>();
     for (let round = 0; round < rounds; round++) {
       for (const c of clients) {
-        await measure(gets[c], p, warmupMs);
+        (await measure(gets[c], p, warmupMs)).hist.destroy();
         const r = result(c, p, await measure(gets[c], p, runMs));
         if ((best.get(c)?.getsPerSec ?? -1) < r.getsPerSec) best.set(c, r);
       }
