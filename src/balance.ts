@@ -7,6 +7,7 @@ import { HIT, STORE_FAILED } from './batch.ts';
 import type { BalanceAlgorithm } from './config.ts';
 import type { ProxyContext } from './context.ts';
 import { requestSessionKeys } from './cookies.ts';
+import { fmix32, fnv1a } from './hash.ts';
 
 export interface Balancer {
   pick(): Backend | null;
@@ -106,30 +107,17 @@ export function createBalancer(algorithm: BalanceAlgorithm, backends: Backend[])
  * as long as the pool is stable.
  */
 export function rendezvous(key: string, backends: readonly Backend[]): Backend | null {
-  const k = fnv1a(key, 0x811c9dc5);
+  const k = fnv1a(key);
   let best: Backend | null = null;
   let bestScore = -Infinity;
   for (const b of backends) {
     if (!b.takesNew) continue;
     // A uniform draw in (0,1) per (key, backend); -weight/ln(u) weights it.
-    const u = (mix(fnv1a(b.name, k)) + 0.5) / 4294967296;
+    const u = (fmix32(fnv1a(b.name, k)) + 0.5) / 4294967296;
     const score = -b.weight / Math.log(u);
     if (score > bestScore) { bestScore = score; best = b; }
   }
   return best;
-}
-
-function fnv1a(s: string, seed: number): number {
-  let h = seed >>> 0;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
-  return h;
-}
-
-/** murmur3's finaliser: spreads FNV's weak low bits over the whole word. */
-function mix(h: number): number {
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
-  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
-  return (h ^ (h >>> 16)) >>> 0;
 }
 
 /**

@@ -5,26 +5,9 @@
 // A server is identified by its address string exactly as configured, so every
 // client given the same list agrees on placement.
 
-const POINTS_PER_SERVER = 160;
+import { hash32 } from '../hash.ts';
 
-/**
- * FNV-1a over UTF-16 code units, then murmur3's fmix32 finalizer: FNV alone
- * clusters similar short strings ("host-1", "host-2"); the finalizer spreads them.
- * Cheap enough for the per-operation path, unlike a crypto digest.
- */
-export function hash32(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
+const POINTS_PER_SERVER = 160;
 
 export class HashRing {
   private readonly points: Uint32Array;
