@@ -8,6 +8,7 @@ import { Batch, KIND_DELETE, KIND_GET, KIND_SET, KIND_TOUCH, type BatchHost, typ
 import { HEADER_SIZE, Op, encodeKeyOnly, encodeNoop, encodeStore, encodeTouch } from './codec.ts';
 import { Connection, type ConnectionHost } from './connection.ts';
 import { MemcacheError } from './errors.ts';
+import { parseHostPort } from '../hostport.ts';
 
 export interface ServerOptions {
   timeoutMs: number;
@@ -27,12 +28,9 @@ export interface ServerOptions {
 // (sockets still hold the old one until written).
 const ARENA_SIZE = 256 * 1024;
 
-/** "host:port", with IPv6 hosts in brackets: "[::1]:11211". */
+/** "host:port", with IPv6 hosts in brackets: "[::1]:11211"; throws a RangeError. The proxy's flags use the same parser. */
 export function parseAddress(address: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(address);
-  const port = m === null ? NaN : Number(m[3]);
-  if (m === null || port < 1 || port > 65535) throw new RangeError(`bad server address "${address}" (want host:port)`);
-  return { host: m[1] ?? m[2], port };
+  return parseHostPort(address);
 }
 
 export class Server implements BatchHost, ConnectionHost {
