@@ -1,22 +1,47 @@
 // Entry point: `sticky-proxy [flags]`, or the demo when no backend is given.
-import { ConfigError, HELP, parseConfig, type Config } from './config.ts';
+import { readFileSync } from 'node:fs';
+import { ConfigError, HELP, parseCommand, type Command, type Config } from './config.ts';
 import { startDemoOrigin, type DemoOrigin } from './demo.ts';
+import { FLAGS, type FlagName, type FlagValues } from './flags.ts';
 import { createLogger } from './log.ts';
 import { StickyProxy } from './proxy.ts';
 
+// How SIGHUP applies each flag whose table entry says `reload: true`.
+const APPLY: { [K in FlagName]?: (proxy: StickyProxy, next: Config) => void } = {
+  backend: (proxy, next) => proxy.applyBackends(next.backends),
+};
+for (const k of Object.keys(FLAGS) as FlagName[]) {
+  if (FLAGS[k].reload && APPLY[k] === undefined) throw new Error(`--${k} is marked reloadable but SIGHUP has no way to apply it`);
+}
+
+/** Prints a configuration error as its one line and exits 2. */
+function refuse(err: ConfigError): never {
+  process.stderr.write(`sticky-proxy: ${err.message}\n`);
+  process.exit(2);
+}
+
 async function main(): Promise<void> {
-  let config: Config | null;
+  let command: Command;
   try {
-    config = parseConfig(process.argv.slice(2));
+    command = parseCommand(process.argv.slice(2));
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    process.stderr.write(`sticky-proxy: ${err.message}\n`);
-    process.exit(2);
+    refuse(err);
   }
-  if (config === null) {
+  if (command.action === 'help') {
     process.stdout.write(HELP);
     return;
   }
+  if (command.action === 'version') {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+    process.stdout.write(`sticky-proxy ${pkg.version}\n`);
+    return;
+  }
+  if (command.action === 'check') {
+    process.stdout.write('sticky-proxy: configuration OK\n');
+    return;
+  }
+  const { config, values } = command;
   const log = createLogger(config.logLevel);
 
   const demo: DemoOrigin[] = [];
@@ -29,9 +54,10 @@ async function main(): Promise<void> {
   try {
     proxy = await StickyProxy.start(config, log);
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    process.stderr.write(`sticky-proxy: --listen: cannot listen on ${config.listenHost}:${config.listenPort} (${e.code ?? e.message})\n`);
-    process.exit(2);
+    // A listener that cannot bind says which flag's address it was.
+    if (err instanceof ConfigError) refuse(err);
+    process.stderr.write(`sticky-proxy: cannot start: ${(err as Error).message}\n`);
+    process.exit(1);
   }
   const url = `${config.tls === null ? 'http' : 'https'}://${config.listenHost.includes(':') ? `[${config.listenHost}]` : config.listenHost}:${proxy.port}`;
   log.info({ url, store: proxy.storeDescription, workers: config.workers, backends: config.backends.length }, 'listening');
@@ -59,35 +85,43 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
-  process.on('SIGHUP', () => reload(proxy, config, demo.length > 0));
+  process.on('SIGHUP', () => reload(proxy, values, demo.length > 0));
   if (process.env.STICKY_PROXY_TEST_HOOKS === '1') process.on('SIGUSR2', () => proxy.terminateOneWorker());
 }
 
+
 /**
- * SIGHUP: re-reads the flags and the --config file and applies the backend
- * list. Other settings need a restart; a reload that changes them says so. A
- * file that does not validate changes nothing.
+ * SIGHUP: re-reads the flags and the --config file and applies the changed
+ * flags the table marks reloadable; it says which changes wait for a restart.
+ * A file that does not validate changes nothing.
  */
-function reload(proxy: StickyProxy, running: Config, demo: boolean): void {
+function reload(proxy: StickyProxy, running: FlagValues, demo: boolean): void {
   const log = proxy.log;
   if (demo) {
     log.warn('SIGHUP: the demo has nothing to reload');
     return;
   }
-  let next: Config | null;
+  let command: Command;
   try {
-    next = parseConfig(process.argv.slice(2));
+    command = parseCommand(process.argv.slice(2));
   } catch (err) {
     log.error({ err: (err as Error).message }, 'SIGHUP: configuration rejected; nothing changed');
     return;
   }
-  if (next === null || next.backends.length === 0) {
+  if (!('config' in command) || command.config.backends.length === 0) {
     log.error('SIGHUP: the new configuration has no backend; nothing changed');
     return;
   }
-  proxy.applyBackends(next.backends);
-  const ignored = Object.keys(next).filter((k) => k !== 'backends' && JSON.stringify(next[k as keyof Config]) !== JSON.stringify(running[k as keyof Config]));
-  if (ignored.length > 0) log.warn({ settings: ignored }, 'SIGHUP: these settings take effect at the next restart');
+  const { config: next, values } = command;
+  const changed = (Object.keys(FLAGS) as FlagName[]).filter((k) => !FLAGS[k].cliOnly && JSON.stringify(values[k]) !== JSON.stringify(running[k]));
+  const applied = changed.filter((k) => FLAGS[k].reload);
+  const waiting = changed.filter((k) => !FLAGS[k].reload);
+  for (const k of applied) {
+    APPLY[k]!(proxy, next);
+    (running as Record<FlagName, unknown>)[k] = values[k];
+  }
+  if (applied.length > 0) log.info({ flags: applied.map((k) => `--${k}`) }, 'SIGHUP: applied');
+  if (waiting.length > 0) log.warn({ flags: waiting.map((k) => `--${k}`) }, 'SIGHUP: these settings take effect at the next restart');
 }
 
 await main();

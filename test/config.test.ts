@@ -2,8 +2,13 @@
 // anything starts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { runCli } from './helpers/proxy.ts';
 import { parseConfig, DEFAULT_SESSION_COOKIES } from '../src/config.ts';
+import { usage } from '../src/flag-kit.ts';
+import { FLAGS } from '../src/flags.ts';
+
+const SAMPLE = new URL('../sticky-proxy.example.json', import.meta.url).pathname;
 
 const cases: [string[], string][] = [
   [['--listen', 'nowhere'], '--listen'],
@@ -27,6 +32,16 @@ const cases: [string[], string][] = [
   [['--store-timeout', '0'], '--store-timeout'],
   [['--no-such-flag'], '--no-such-flag'],
   [['--workers'], '--workers'],
+  [['--memcache', '127.0.0.1:0'], '--memcache'],
+  [['--memcache', 'a:1,a:1'], '--memcache'],
+  [['--memcache', '::1:11211'], '--memcache'],
+  [['--admin', 'nowhere'], '--admin'],
+  [['--tls-cert', 'x.pem'], '--tls-cert'],
+  [['--tls-key', 'x.pem'], '--tls-key'],
+  [['--tls-cert', '/nonexistent/c.pem', '--tls-key', '/nonexistent/k.pem'], '--tls-cert'],
+  [['--backend-ca', '/nonexistent/ca.pem'], '--backend-ca'],
+  [['--log-level', 'loud'], '--log-level'],
+  [['--no-affinity', '--session-cookie', 'sid'], '--no-affinity'],
 ];
 
 for (const [args, flag] of cases) {
@@ -44,13 +59,34 @@ test('the CLI prints the error as one line and exits 2 without starting', async 
   assert.match(lines[0], /^sticky-proxy: --balance: /);
 });
 
-test('--help documents every flag', async () => {
+test('a backend\'s weight out of range names the backend and the weight', () => {
+  for (const w of ['1001', '-1', '1.5']) {
+    assert.throws(() => parseConfig(['--backend', `srv1=http://127.0.0.1:1,weight=${w}`]),
+      { message: `--backend: weight of srv1 must be a whole number from 0 to 1000, got "${w}"` });
+  }
+});
+
+test('--help documents every flag of the table, each on its own usage line', async () => {
   const r = await runCli(['--help']);
   assert.equal(r.code, 0);
-  for (const flag of ['--listen', '--backend', '--session-cookie', '--memcache', '--workers', '--batch-max', '--balance',
-    '--default-ttl', '--max-ttl', '--key-prefix', '--store-timeout', '--embedded-max-entries', '--upstream-connections']) {
-    assert.ok(r.stdout.includes(flag), flag);
+  const lines = r.stdout.split('\n');
+  for (const [name, f] of Object.entries(FLAGS)) {
+    assert.ok(lines.some((l) => l.startsWith(`  ${usage(name, f)}`)), `--${name}`);
   }
+});
+
+test('--version prints the package version and exits 0', async () => {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  const r = await runCli(['--version']);
+  assert.deepEqual(r, { code: 0, stdout: `sticky-proxy ${pkg.version}\n`, stderr: '' });
+});
+
+test('--check validates the flags and the file, then exits without starting anything', async () => {
+  // A proxy that started would print its listening lines and keep running.
+  const ok = await runCli(['--check', '--config', SAMPLE]);
+  assert.deepEqual(ok, { code: 0, stdout: 'sticky-proxy: configuration OK\n', stderr: '' });
+  const bad = await runCli(['--check', '--config', SAMPLE, '--workers', 'many']);
+  assert.deepEqual(bad, { code: 2, stdout: '', stderr: 'sticky-proxy: --workers: expected a whole number, got "many"\n' });
 });
 
 test('defaults', () => {
@@ -67,7 +103,7 @@ test('defaults', () => {
 });
 
 test('the sample configuration file in the repository validates', () => {
-  const c = parseConfig(['--config', new URL('../sticky-proxy.example.json', import.meta.url).pathname])!;
+  const c = parseConfig(['--config', SAMPLE])!;
   assert.equal(c.backends.length, 2);
   assert.equal(c.backends[1].weight, 2);
   assert.deepEqual(c.memcache, ['10.0.0.5:11211', '10.0.0.6:11211']);

@@ -1,0 +1,239 @@
+// Every flag, once: its kind (type, range, allowed values), default, whether
+// it repeats, whether SIGHUP applies it, its section and its text. The parser,
+// the --config file's schema (sticky-proxy.schema.json), --help and the
+// README's flag tables are all generated from this table (src/flag-kit.ts);
+// src/config.ts turns the values into the Config and checks what spans flags.
+// Adding a flag is one entry here, then `npm run generate`.
+import type { BackendConfig } from './config.ts';
+import { ConfigError, hostPort, hostPortList, int, many, one, oneOf, opt, path, sw, text, type Kind, type Values } from './flag-kit.ts';
+
+const BACKEND_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+const MAX_WEIGHT = 1000;
+
+/** NAME=URL[,weight=N]: a backend's name (what memcached stores), its origin and its weight. */
+function backend(): Kind<BackendConfig> {
+  return {
+    expect: 'NAME=URL[,weight=N]', arg: 'NAME=URL[,weight=N]',
+    schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,64}=https?://' },
+    parse(raw, flag) {
+      const eq = raw.indexOf('=');
+      if (eq <= 0) throw new ConfigError(flag, `expected NAME=URL[,weight=N], got "${raw}"`);
+      const name = raw.slice(0, eq);
+      if (!BACKEND_NAME.test(name)) throw new ConfigError(flag, `invalid name "${name}" (letters, digits, _ . - ; at most 64)`);
+      const [urlText, ...opts] = raw.slice(eq + 1).split(',');
+      let url: URL;
+      try {
+        url = new URL(urlText);
+      } catch {
+        throw new ConfigError(flag, `invalid URL "${urlText}" for ${name}`);
+      }
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(flag, `URL of ${name} must be http:// or https://`);
+      if (url.pathname !== '/' || url.search || url.hash || url.username) throw new ConfigError(flag, `URL of ${name} must be an origin (scheme://host:port), got "${urlText}"`);
+      let weight = 1;
+      for (const o of opts) {
+        const m = /^weight=(.*)$/.exec(o);
+        if (!m) throw new ConfigError(flag, `unknown option "${o}" for ${name} (only weight=N)`);
+        weight = Number(m[1]);
+        if (!/^\d+$/.test(m[1]) || weight > MAX_WEIGHT) throw new ConfigError(flag, `weight of ${name} must be a whole number from 0 to ${MAX_WEIGHT}, got "${m[1]}"`);
+      }
+      return { name, url, weight };
+    },
+  };
+}
+
+// RFC 6265 token characters: what a cookie name may be.
+const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const DAY = 86400;
+const HOUR_MS = 3_600_000;
+
+export const FLAGS = {
+  // Routing and affinity
+  listen: one(hostPort({ listen: true }), {
+    section: 'Routing and affinity', default: '127.0.0.1:8080',
+    help: 'where clients connect (`[::1]:8080` for IPv6; port 0 picks a free one)',
+  }),
+  backend: many(backend(), {
+    section: 'Routing and affinity', default: [], shownDefault: 'demo', reload: true,
+    help: 'a backend. NAME is `[A-Za-z0-9_.-]{1,64}` and is what memcached stores; URL is an origin (`http://host:port` or `https://…`); weight 0–1000, default 1. Weight 0 serves only sessions already bound to it. With no backend, the demo starts: two session origins behind the proxy.',
+  }),
+  'session-cookie': many(text('NAME', COOKIE_NAME, 'a cookie name (RFC 6265 token)'), {
+    section: 'Routing and affinity', default: ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId'],
+    help: 'a session cookie to stick on; the first bound one in this order wins',
+  }),
+  'no-affinity': sw({
+    section: 'Routing and affinity',
+    help: 'plain load balancing: no lookups, no learning, no workers',
+  }),
+  memcache: opt(hostPortList(), {
+    section: 'Routing and affinity', shownDefault: 'none: embedded store',
+    help: 'memcached servers holding the bindings, consistent-hashed; without it the embedded store, local to this process, is used',
+  }),
+  workers: one(int(0, 256), {
+    section: 'Routing and affinity', default: 0,
+    help: 'affinity worker threads; `0` runs affinity on the main thread (the fastest here, see [Benchmarks](#benchmarks)). Routing is identical for any N.',
+  }),
+  'batch-max': one(int(1, 65536), {
+    section: 'Routing and affinity', default: 256,
+    help: 'most lookups + learns in one batch to the resolver',
+  }),
+  balance: one(oneOf(['round-robin', 'least-conn', 'random-two']), {
+    section: 'Routing and affinity', default: 'round-robin',
+    help: 'how requests without a bound session are spread (`round-robin` is smooth weighted)',
+  }),
+  'default-ttl': one(int(1, 365 * DAY, 'SECONDS'), {
+    section: 'Routing and affinity', default: 1800,
+    help: 'lifetime of a binding whose cookie has no expiry; sliding with use',
+  }),
+  'max-ttl': one(int(1, 365 * DAY, 'SECONDS'), {
+    section: 'Routing and affinity', default: DAY,
+    help: 'cap on every binding\'s lifetime',
+  }),
+  'key-prefix': one(text('STR', /^[\x21-\x7e]{0,64}$/, 'at most 64 printable ASCII characters without spaces'), {
+    section: 'Routing and affinity', default: 'sp:',
+    help: 'namespace of the keys in memcached',
+  }),
+  'store-timeout': one(int(1, 60_000, 'MS'), {
+    section: 'Routing and affinity', default: 50,
+    help: 'deadline of a store operation; past it the request takes the fallback route (see [Faults](#faults))',
+  }),
+  'embedded-max-entries': one(int(64, 1 << 26), {
+    section: 'Routing and affinity', default: 262144,
+    help: 'capacity of the embedded store',
+  }),
+  'learn-queue': one(int(0, 10_000_000), {
+    section: 'Routing and affinity', default: 10000,
+    help: 'learns kept (per thread) while memcached is unreachable, written once it is back; beyond, they are dropped and counted',
+  }),
+
+  // Backends
+  'upstream-connections': one(int(1, 65536), {
+    section: 'Backends', default: 256,
+    help: 'most keep-alive connections to each backend',
+  }),
+  'upstream-connect-timeout': one(int(1, 600_000, 'MS'), {
+    section: 'Backends', default: 3000,
+    help: 'connect timeout to a backend (504)',
+  }),
+  'upstream-header-timeout': one(int(1, HOUR_MS, 'MS'), {
+    section: 'Backends', default: 30000,
+    help: 'wait for a backend\'s response head (504)',
+  }),
+  'upstream-body-timeout': one(int(1, HOUR_MS, 'MS'), {
+    section: 'Backends', default: 60000,
+    help: 'silence allowed inside a response body (the client\'s answer is cut)',
+  }),
+  'backend-ca': opt(path(), {
+    section: 'Backends',
+    help: 'a PEM CA (or bundle) to trust for `https://` backends, besides the system\'s',
+  }),
+  retries: one(int(0, 10), {
+    section: 'Backends', default: 2,
+    help: 'retries on another backend when the connection fails before any response byte, for idempotent or unsent requests (see [Faults](#faults))',
+  }),
+  'health-path': opt(text('PATH', /^\/[\x21-\x7e]*$/, 'a path starting with /'), {
+    section: 'Backends', shownDefault: 'off',
+    help: 'active health checks: `GET PATH` on each backend',
+  }),
+  'health-interval': one(int(10, HOUR_MS, 'MS'), {
+    section: 'Backends', default: 2000,
+    help: 'period of the health checks',
+  }),
+  'health-timeout': one(int(1, 600_000, 'MS'), {
+    section: 'Backends', default: 1000,
+    help: 'a health check slower than this fails',
+  }),
+  'health-rise': one(int(1, 100), {
+    section: 'Backends', default: 2,
+    help: 'passing checks that bring a backend back',
+  }),
+  'health-fall': one(int(1, 100), {
+    section: 'Backends', default: 3,
+    help: 'failing checks that take it out',
+  }),
+  'eject-after': one(int(0, 1000), {
+    section: 'Backends', default: 5,
+    help: 'consecutive connect failures or 5xx answers that eject a backend passively (`0`: never)',
+  }),
+  'eject-cooldown': one(int(1, HOUR_MS, 'MS'), {
+    section: 'Backends', default: 10000,
+    help: 'how long an ejected backend rests',
+  }),
+
+  // Clients
+  'client-header-timeout': one(int(100, HOUR_MS, 'MS'), {
+    section: 'Clients', default: 10000,
+    help: 'time a client has to send its request headers (408)',
+  }),
+  'client-idle-timeout': one(int(1, HOUR_MS, 'MS'), {
+    section: 'Clients', default: 30000,
+    help: 'idle keep-alive client connections are closed after this',
+  }),
+  'max-connections': one(int(1, 10_000_000), {
+    section: 'Clients', default: 10000,
+    help: 'open client connections; beyond, 503 with `Retry-After`',
+  }),
+  'shutdown-timeout': one(int(0, HOUR_MS, 'MS'), {
+    section: 'Clients', default: 10000,
+    help: 'on SIGTERM/SIGINT, how long in-flight requests may finish',
+  }),
+  forwarded: sw({
+    section: 'Clients',
+    help: 'add an RFC 7239 `Forwarded` header (X-Forwarded-For, -Proto, -Host and Via are always set)',
+  }),
+  'rewrite-host': sw({
+    section: 'Clients',
+    help: 'send the backend\'s `host:port` as `Host` (default: the client\'s `Host` unchanged)',
+  }),
+  'tls-cert': opt(path(), {
+    section: 'Clients',
+    help: 'terminate HTTPS on `--listen` with this PEM certificate (chain); needs `--tls-key`',
+  }),
+  'tls-key': opt(path(), {
+    section: 'Clients',
+    help: 'the PEM private key of `--tls-cert`; checked to match it at start',
+  }),
+
+  // Operations
+  config: opt(path(), {
+    section: 'Operations', cliOnly: true,
+    help: 'a JSON file of flags (fields named like the flags, without dashes; schema: `sticky-proxy.schema.json`); flags override it; SIGHUP re-reads it',
+  }),
+  admin: opt(hostPort({ listen: true }), {
+    section: 'Operations', shownDefault: 'off',
+    help: 'the admin API: `/metrics`, `/healthz`, `/readyz`, `/backends`, and `POST /backends/NAME/drain|disable|enable` (see [Operations](#operations))',
+  }),
+  'access-log': sw({
+    section: 'Operations',
+    help: 'one log line per request: method, path, status, backend, affinity, time',
+  }),
+  'log-level': one(oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']), {
+    section: 'Operations', default: 'info',
+    help: 'the least severe level logged',
+  }),
+  check: sw({
+    section: 'Operations', cliOnly: true,
+    help: 'check the flags, the `--config` file and the TLS files (the key matches the certificate), print `configuration OK` and exit 0, or the error and exit 2; starts nothing',
+  }),
+  version: sw({
+    section: 'Operations', cliOnly: true,
+    help: 'print the version and exit',
+  }),
+  help: sw({
+    section: 'Operations', cliOnly: true, short: 'h',
+    help: 'print every flag and exit',
+  }),
+};
+
+export type FlagName = keyof typeof FLAGS;
+export type FlagValues = Values<typeof FLAGS>;
+
+export const HELP_INTRO = `Usage: sticky-proxy [flags]
+
+HTTP load balancer that keeps each session on the backend that created it.
+Affinity is learnt from the backends' session cookies (Set-Cookie) and kept in
+memcached (--memcache) or, without it, in an embedded store local to this process.
+With no --backend, a demo starts: two session origins behind the proxy.
+`;
+
+export const SCHEMA_TITLE = 'sticky-proxy configuration';
+export const SCHEMA_DESCRIPTION = 'The --config file of sticky-proxy: fields are the flags\' names without dashes; generated from src/flags.ts by npm run generate.';
