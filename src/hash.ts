@@ -7,10 +7,15 @@
 export const FNV_OFFSET = 0x811c9dc5;
 const FNV_PRIME = 0x01000193;
 
+/** One FNV-1a step: folds x (a code unit, a byte or a whole word) into h. Signed. */
+export function fnvStep(h: number, x: number): number {
+  return Math.imul(h ^ x, FNV_PRIME);
+}
+
 /** 32-bit FNV-1a over the UTF-16 code units of s, starting from seed. Unsigned. */
 export function fnv1a(s: string, seed: number = FNV_OFFSET): number {
   let h = seed | 0;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), FNV_PRIME);
+  for (let i = 0; i < s.length; i++) h = fnvStep(h, s.charCodeAt(i));
   return h >>> 0;
 }
 

@@ -3,16 +3,37 @@
 // without a round trip. It is set-associative like a CPU cache: a key may live
 // in one of WAYS slots of its bucket, and a full bucket evicts the binding
 // closest to expiry. Memory is bounded by construction; nothing is resized.
+//
+// Layout, in 32-bit words (platform byte order):
+//   [0, buckets)       one lock word per bucket: 0 when free, else the token of
+//                      the acquisition holding it (see lock() below)
+//   then buckets × WAYS slots of SLOT_WORDS words, bucket b's at b·WAYS·SLOT_WORDS:
+//     0-3  key digest (sha256's first 16 bytes; word 3 is odd, 0 marks a free slot)
+//     4    expiry, seconds since EPOCH
+//     5    sliding TTL in seconds, 0 for a fixed expiry
+//     6    name length in bytes (at most NAME_BYTES)
+//     7    seal: a hash of words 0-6 and the name, written with them
+//     8..  the name, one Latin-1 byte per character, NAME_BYTES bytes
+//
+// A thread can die inside a critical section (a worker terminated mid-write),
+// leaving its bucket locked and a slot half-written. The lock cannot hang the
+// others: its holder is identified, and a waiter that sees one holder keep it
+// for STEAL_MS takes it over. The half-written slot cannot be read as a
+// binding: a slot counts only if its seal matches its contents, and a writer
+// seals the values it means to write, so any mix of old and new words, in any
+// order, fails (short of a 2^-32 hash collision) and reads as a free slot.
 import { hash } from 'node:crypto';
+import { threadId } from 'node:worker_threads';
+import { FNV_OFFSET, fmix32, fnvStep } from '../hash.ts';
 import type { AffinityStore } from './store.ts';
 
 const WAYS = 8;
 const NAME_BYTES = 64;
-// Slot words: 0-3 key digest, 4 expiry, 5 sliding TTL (0 = fixed), 6 name length, 7.. name bytes.
 const EXPIRY = 4;
 const SLIDING = 5;
 const NAME_LEN = 6;
-const NAME = 7;
+const SEAL = 7;
+const NAME = 8;
 const SLOT_WORDS = NAME + NAME_BYTES / 4;
 // Expiries are seconds since 2025-01-01, which fit an Int32 for decades.
 const EPOCH = 1735689600;
@@ -55,19 +76,40 @@ export class EmbeddedStore implements AffinityStore {
   get(key: string): Promise<string | null> {
     const d = digest(key);
     const bucket = d[0] & this.#mask;
-    this.#lock(bucket);
-    try {
-      const slot = this.#find(bucket, d, nowSeconds());
-      if (slot < 0) return Promise.resolve(null);
-      const s = this.#slots;
+    const now = nowSeconds();
+    const s = this.#slots;
+    const bytes = this.#bytes;
+    let len = -1;
+    const token = lock(this.#locks, bucket);
+    // The first intact, live slot with this digest. Only a thread that died
+    // mid-write leaves an intact copy behind a broken one, so a broken match
+    // does not end the search.
+    for (let w = 0, slot = bucket * WAYS * SLOT_WORDS; w < WAYS; w++, slot += SLOT_WORDS) {
+      if (s[slot] !== d[0] || s[slot + 1] !== d[1] || s[slot + 2] !== d[2] || s[slot + 3] !== d[3]) continue;
+      const n = s[slot + NAME_LEN];
+      if (n < 0 || n > NAME_BYTES) continue;
+      // The seal is checked while the name is copied out, so the string is
+      // made after unlocking: nothing under the lock allocates (no GC pause).
+      let h = sealHead(d, s[slot + SLIDING], n);
+      for (let i = 0, at = (slot + NAME) * 4; i < n; i++) {
+        const c = bytes[at + i];
+        nameScratch[i] = c;
+        h = fnvStep(h, c);
+      }
+      const expiry = s[slot + EXPIRY];
+      if ((fmix32(fnvStep(h, expiry)) | 0) !== s[slot + SEAL] || expiry <= now) continue;
       const sliding = s[slot + SLIDING];
-      if (sliding > 0) s[slot + EXPIRY] = nowSeconds() + sliding;
-      const start = (slot + NAME) * 4;
-      const name = String.fromCharCode.apply(null, this.#bytes.subarray(start, start + s[slot + NAME_LEN]) as unknown as number[]);
-      return Promise.resolve(name);
-    } finally {
-      this.#unlock(bucket);
+      if (sliding > 0) {
+        const next = now + sliding;
+        s[slot + EXPIRY] = next;
+        s[slot + SEAL] = fmix32(fnvStep(h, next));
+      }
+      len = n;
+      break;
     }
+    unlock(this.#locks, bucket, token);
+    if (len < 0) return Promise.resolve(null);
+    return Promise.resolve(String.fromCharCode.apply(null, nameScratch.subarray(0, len) as unknown as number[]));
   }
 
   set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void> {
@@ -75,33 +117,41 @@ export class EmbeddedStore implements AffinityStore {
     const d = digest(key);
     const bucket = d[0] & this.#mask;
     const now = nowSeconds();
-    this.#lock(bucket);
-    try {
-      let slot = this.#find(bucket, d, now);
-      if (slot < 0) slot = this.#victim(bucket, now);
-      const s = this.#slots;
-      s[slot] = d[0]; s[slot + 1] = d[1]; s[slot + 2] = d[2]; s[slot + 3] = d[3];
-      s[slot + EXPIRY] = now + ttl;
-      s[slot + SLIDING] = sliding ? ttl : 0;
-      s[slot + NAME_LEN] = backend.length;
-      const start = (slot + NAME) * 4;
-      for (let i = 0; i < backend.length; i++) this.#bytes[start + i] = backend.charCodeAt(i);
-    } finally {
-      this.#unlock(bucket);
+    const expiry = now + ttl;
+    const slidingTtl = sliding ? ttl : 0;
+    // Sealed before locking: the seal is of what this call means to write.
+    let h = sealHead(d, slidingTtl, backend.length);
+    for (let i = 0; i < backend.length; i++) {
+      const c = backend.charCodeAt(i);
+      if (c > 0xff) return Promise.reject(new Error('backend name not Latin-1, which the embedded store cannot hold'));
+      h = fnvStep(h, c);
     }
+    const seal = fmix32(fnvStep(h, expiry)) | 0;
+    const token = lock(this.#locks, bucket);
+    let slot = this.#find(bucket, d);
+    if (slot < 0) slot = this.#victim(bucket, now);
+    const s = this.#slots;
+    s[slot] = d[0]; s[slot + 1] = d[1]; s[slot + 2] = d[2]; s[slot + 3] = d[3];
+    s[slot + EXPIRY] = expiry;
+    s[slot + SLIDING] = slidingTtl;
+    s[slot + NAME_LEN] = backend.length;
+    const start = (slot + NAME) * 4;
+    for (let i = 0; i < backend.length; i++) this.#bytes[start + i] = backend.charCodeAt(i);
+    s[slot + SEAL] = seal;
+    unlock(this.#locks, bucket, token);
     return Promise.resolve();
   }
 
   delete(key: string): Promise<void> {
     const d = digest(key);
     const bucket = d[0] & this.#mask;
-    this.#lock(bucket);
-    try {
-      const slot = this.#find(bucket, d, nowSeconds());
-      if (slot >= 0) this.#slots.fill(0, slot, slot + SLOT_WORDS);
-    } finally {
-      this.#unlock(bucket);
+    const s = this.#slots;
+    const token = lock(this.#locks, bucket);
+    // Every copy: a dead writer may have left a second one.
+    for (let w = 0, slot = bucket * WAYS * SLOT_WORDS; w < WAYS; w++, slot += SLOT_WORDS) {
+      if (s[slot] === d[0] && s[slot + 1] === d[1] && s[slot + 2] === d[2] && s[slot + 3] === d[3]) s.fill(0, slot, slot + SLOT_WORDS);
     }
+    unlock(this.#locks, bucket, token);
     return Promise.resolve();
   }
 
@@ -109,37 +159,95 @@ export class EmbeddedStore implements AffinityStore {
     return Promise.resolve();
   }
 
-  /** Index of the live slot holding digest d, or -1. */
-  #find(bucket: number, d: Int32Array, now: number): number {
+  /** Index of the first slot holding digest d, whatever its state, or -1: set overwrites it. */
+  #find(bucket: number, d: Int32Array): number {
     const s = this.#slots;
     for (let w = 0, slot = bucket * WAYS * SLOT_WORDS; w < WAYS; w++, slot += SLOT_WORDS) {
-      if (s[slot] === d[0] && s[slot + 1] === d[1] && s[slot + 2] === d[2] && s[slot + 3] === d[3]) {
-        return s[slot + EXPIRY] > now ? slot : -1;
-      }
+      if (s[slot] === d[0] && s[slot + 1] === d[1] && s[slot + 2] === d[2] && s[slot + 3] === d[3]) return slot;
     }
     return -1;
   }
 
-  /** A free or expired slot, else the one closest to expiry. */
+  /** A free, expired or broken slot, else the one closest to expiry. */
   #victim(bucket: number, now: number): number {
     const s = this.#slots;
     let best = bucket * WAYS * SLOT_WORDS;
     for (let w = 0, slot = best; w < WAYS; w++, slot += SLOT_WORDS) {
-      if (s[slot + 3] === 0 || s[slot + EXPIRY] <= now) return slot;
+      if (s[slot + 3] === 0 || s[slot + EXPIRY] <= now || !this.#intact(slot)) return slot;
       if (s[slot + EXPIRY] < s[best + EXPIRY]) best = slot;
     }
     return best;
   }
 
-  // Critical sections are a few dozen word accesses, so a spin lock is cheaper
-  // than parking; Atomics also orders the plain accesses made under it.
-  #lock(bucket: number): void {
-    while (Atomics.compareExchange(this.#locks, bucket, 0, 1) !== 0);
+  /** Whether the slot's seal matches its contents. */
+  #intact(slot: number): boolean {
+    const s = this.#slots;
+    const n = s[slot + NAME_LEN];
+    if (n < 0 || n > NAME_BYTES) return false;
+    let h = FNV_OFFSET;
+    for (let i = 0; i < 4; i++) h = fnvStep(h, s[slot + i]);
+    h = fnvStep(h, s[slot + SLIDING]);
+    h = fnvStep(h, n);
+    for (let i = 0, at = (slot + NAME) * 4; i < n; i++) h = fnvStep(h, this.#bytes[at + i]);
+    return (fmix32(fnvStep(h, s[slot + EXPIRY])) | 0) === s[slot + SEAL];
   }
+}
 
-  #unlock(bucket: number): void {
-    Atomics.store(this.#locks, bucket, 0);
+// The seal: FNV-1a over the digest words, sliding TTL, name length, name bytes
+// and, last, the expiry (so a sliding refresh re-seals from the running hash),
+// then fmix32. It guards against torn writes, not against an adversary.
+function sealHead(d: Int32Array, slidingTtl: number, nameLength: number): number {
+  let h = FNV_OFFSET;
+  h = fnvStep(h, d[0]);
+  h = fnvStep(h, d[1]);
+  h = fnvStep(h, d[2]);
+  h = fnvStep(h, d[3]);
+  h = fnvStep(h, slidingTtl);
+  return fnvStep(h, nameLength);
+}
+
+// Lock words hold 0 or a token unique to one acquisition (a tag for this
+// thread, and a counter), so a waiter seeing the same token for STEAL_MS knows
+// one holder has kept the lock that long. Critical sections are a few dozen
+// word accesses that allocate nothing, so that holder is dead (a terminated
+// worker) or descheduled for far longer than a time slice; the waiter takes the
+// lock over with a compare-exchange (one waiter wins). Should the holder be
+// alive after all, its writes can at worst break a slot's seal: one binding
+// lost, never a wrong one. The clock is read once per SPINS_PER_CLOCK spins,
+// and only once the lock was found taken.
+const STEAL_MS = 20;
+const SPINS_PER_CLOCK = 1024;
+const THREAD_TAG = (((threadId % 2047) + 1) << 20) | 0;
+let acquisitions = 0;
+
+function lock(locks: Int32Array, bucket: number): number {
+  acquisitions = (acquisitions + 1) & 0xfffff;
+  const token = THREAD_TAG | acquisitions;
+  const holder = Atomics.compareExchange(locks, bucket, 0, token);
+  return holder === 0 ? token : lockContended(locks, bucket, token, holder);
+}
+
+function lockContended(locks: Int32Array, bucket: number, token: number, holder: number): number {
+  let since = -1; // when `holder` was first seen holding it, once the clock was read
+  for (let spins = 1; ; spins++) {
+    const seen = Atomics.load(locks, bucket);
+    if (seen === 0) {
+      if (Atomics.compareExchange(locks, bucket, 0, token) === 0) return token;
+    } else if (seen !== holder) {
+      holder = seen;
+      since = -1;
+    } else if (spins % SPINS_PER_CLOCK === 0) {
+      const t = performance.now();
+      if (since < 0) since = t;
+      else if (t - since >= STEAL_MS && Atomics.compareExchange(locks, bucket, holder, token) === holder) return token;
+    }
   }
+}
+
+// Atomics also orders the plain accesses made under the lock. The exchange
+// fails only when a waiter took the lock over; it is theirs to release then.
+function unlock(locks: Int32Array, bucket: number, token: number): void {
+  Atomics.compareExchange(locks, bucket, token, 0);
 }
 
 /** A 128-bit digest of the key; word 3 is never 0, which marks a free slot. */
@@ -153,3 +261,6 @@ function digest(key: string): Int32Array {
   scratch[3] = b.readInt32LE(12) | 1;
   return scratch;
 }
+
+// A found name is copied here under the lock and made a string after it.
+const nameScratch = new Uint8Array(NAME_BYTES);
