@@ -1,7 +1,6 @@
 // Assembles the proxy from its parts and owns their lifetimes: start-up,
 // reloads of the backend list, and a graceful shutdown that lets requests
 // finish and flushes learns.
-import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,7 +12,7 @@ import { createAdmin } from './admin.ts';
 import { BackendSet } from './backends.ts';
 import { createBalancer } from './balance.ts';
 import type { AffinityBatch, AffinityAnswer, ResolverSettings } from './batch.ts';
-import type { BackendConfig, Config } from './config.ts';
+import { ConfigError, type BackendConfig, type Config } from './config.ts';
 import type { ProxyContext } from './context.ts';
 import { Health } from './health.ts';
 import { silent, type Logger } from './log.ts';
@@ -119,7 +118,7 @@ export class StickyProxy {
     this.storeDescription = affinityOff ? 'none (affinity off)' : inline?.store.description ?? describeStore(settings);
     const pool = inline === null ? new PoolRunner(config.workers, settings, log) : null;
     this.runner = pool ?? new InlineRunner(inline!);
-    this.backends = new BackendSet(config.backends, { ...config, ca: config.backendCa === null ? null : readPem(config.backendCa) });
+    this.backends = new BackendSet(config.backends, { ...config, ca: config.backendCaPem });
     const metrics = new ProxyMetrics(this.registry, {
       queueDepth: () => pool?.pool.queueSize ?? 0,
       utilization: () => pool?.pool.utilization ?? 0,
@@ -164,8 +163,8 @@ export class StickyProxy {
   static async start(config: Config, log: Logger = silent): Promise<StickyProxy> {
     const proxy = new StickyProxy(config, log);
     await proxy.runner.ready;
-    await listen(proxy.acceptor.listener, config.listenPort, config.listenHost);
-    if (proxy.admin !== null && config.admin !== null) await listen(proxy.admin, config.admin.port, config.admin.host);
+    await listen('--listen', proxy.acceptor.listener, config.listenPort, config.listenHost);
+    if (proxy.admin !== null && config.admin !== null) await listen('--admin', proxy.admin, config.admin.port, config.admin.host);
     proxy.health.start();
     proxy.listening = true;
     return proxy;
@@ -217,16 +216,14 @@ export class StickyProxy {
   }
 }
 
-function listen(server: { listen(port: number, host: string, cb: () => void): unknown; once(e: 'error', f: (err: Error) => void): unknown; off(e: 'error', f: (err: Error) => void): unknown }, port: number, host: string): Promise<void> {
+/** Listens, or rejects with a ConfigError naming the flag whose address could not be bound. */
+function listen(flag: string, server: { listen(port: number, host: string, cb: () => void): unknown; once(e: 'error', f: (err: Error) => void): unknown; off(e: 'error', f: (err: Error) => void): unknown }, port: number, host: string): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const fail = (err: NodeJS.ErrnoException): void => reject(new ConfigError(flag, `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${port} (${err.code ?? err.message})`));
+    server.once('error', fail);
     server.listen(port, host, () => {
-      server.off('error', reject);
+      server.off('error', fail);
       resolve();
     });
   });
-}
-
-function readPem(file: string): string {
-  return readFileSync(file, 'utf8');
 }
