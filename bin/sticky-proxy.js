@@ -2,4 +2,13 @@
 // A small young generation makes V8 collect streamed body buffers promptly,
 // and --optimize-for-size keeps the old generation from growing ahead of
 // need; together they keep resident memory flat (see README, Benchmarks).
-import '../src/cli.ts';
+//
+// The proxy is TypeScript run by Node 24's type stripping; an older Node would
+// fail on the .ts import with ERR_UNKNOWN_FILE_EXTENSION, so say what to do
+// instead, before importing it.
+const major = Number(process.versions.node.split('.')[0]);
+if (major < 24) {
+  process.stderr.write(`sticky-proxy: needs Node.js 24 or newer; this is ${process.version}. Run "npm install" (it brings Node 24) and use npx sticky-proxy, or install Node 24.\n`);
+  process.exit(2);
+}
+await import('../src/cli.ts');

@@ -4,15 +4,15 @@
 // restart; the bin refuses a Node that cannot run it.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startOrigin } from './helpers/origins.ts';
-import { runCli, startProxy } from './helpers/proxy.ts';
+import { ROOT, runCli, startProxy } from './helpers/proxy.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'sp-startup-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -114,4 +114,25 @@ test('SIGHUP applies the flags the table marks reloadable and names those that w
   } finally {
     await p.stop();
   }
+});
+
+const BIN = join(ROOT, 'bin/sticky-proxy.js');
+const OLD_NODE = '/usr/bin/node';
+const oldMajor = existsSync(OLD_NODE) ? Number(execFileSync(OLD_NODE, ['-p', 'process.versions.node'], { encoding: 'utf8' }).split('.')[0]) : null;
+
+test('the bin refuses a Node older than 24 with one line saying what to do', {
+  skip: oldMajor === null ? `${OLD_NODE} is not installed` : oldMajor >= 24 ? `${OLD_NODE} is Node ${oldMajor}, not an old one` : false,
+}, () => {
+  const version = execFileSync(OLD_NODE, ['-p', 'process.version'], { encoding: 'utf8' }).trim();
+  const r = spawnSync(OLD_NODE, [BIN, '--version'], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.equal(r.stdout, '');
+  assert.equal(r.stderr, `sticky-proxy: needs Node.js 24 or newer; this is ${version}. Run "npm install" (it brings Node 24) and use npx sticky-proxy, or install Node 24.\n`);
+});
+
+test('the bin runs the CLI on Node 24', () => {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  const r = spawnSync(process.execPath, [BIN, '--version'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, `sticky-proxy ${pkg.version}\n`);
 });
