@@ -272,6 +272,7 @@ function fileError(table: Table, doc: Record<string, unknown>, e: ErrorObject): 
   const [field, index] = e.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
   const f = table[field];
   const whole = doc[field];
+  if (f === undefined) return [field, `expected a string, got ${JSON.stringify(whole)}`]; // "$schema"
   const value = index === undefined ? whole : (whole as unknown[])[Number(index)];
   if (f.repeatable && index === undefined && !Array.isArray(whole)) return [field, `expected an array of ${f.kind!.expect}, got ${JSON.stringify(whole)}`];
   if (f.kind === null) return [field, `expected true or false, got ${JSON.stringify(value)}`];

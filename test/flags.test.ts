@@ -23,7 +23,7 @@ test("the README's flag tables are what the flag table generates (npm run genera
 
 test('the sample configuration validates against the shipped schema, as an editor would check it', () => {
   const validate = new Ajv({ strict: true }).compile(JSON.parse(readFileSync(SCHEMA_FILE, 'utf8')));
-  const sample = JSON.parse(readFileSync(new URL('../sticky-proxy.example.json', import.meta.url), 'utf8'));
+  const sample = JSON.parse(readFileSync(new URL('../sticky-proxy.example.json', import.meta.url), 'utf8')) as Record<string, unknown>;
   assert.equal(sample.$schema, './sticky-proxy.schema.json');
   assert.ok(validate(sample), JSON.stringify(validate.errors));
   assert.ok(!validate({ ...sample, workers: 'many' }));
@@ -71,6 +71,8 @@ test('enums, repeatable lists and ranges, from the command line and from a file'
   assert.throws(() => parseFile(KINDS, { 'queue-max': '5' }, 'f.json'), /field "queue-max": expected a whole number, got "5"$/);
   assert.throws(() => parseFile(KINDS, { nope: 1 }, 'f.json'), /^Error: --config: f\.json: unknown field "nope"$/);
   assert.throws(() => parseFile(KINDS, [], 'f.json'), /^Error: --config: f\.json: expected a JSON object$/);
+  assert.deepEqual(parseFile(KINDS, { $schema: './any.json' }, 'f.json'), {});
+  assert.throws(() => parseFile(KINDS, { $schema: 1 }, 'f.json'), /^Error: --config: f\.json: field "\$schema": expected a string, got 1$/);
   const all = withDefaults(KINDS, {});
   assert.deepEqual(all, { adopt: false, 'access-log': null, 'cookie-pick': null, 'trusted-proxy': [], 'queue-max': null });
 });
