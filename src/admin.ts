@@ -3,14 +3,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AdminState, BackendSet } from './backends.ts';
 import type { Logger } from './log.ts';
-import { scrape } from './metrics.ts';
-import type { Registry } from 'prom-client';
 
 export interface AdminDeps {
   backends: BackendSet;
-  registry: Registry;
-  /** How many worker threads answer metrics scrapes. */
-  workers: number;
+  /** The Prometheus text of the whole process. */
+  metrics: () => Promise<{ contentType: string; text: string }>;
   /** True once the proxy listens. */
   listening: () => boolean;
   log: Logger;
@@ -33,7 +30,7 @@ export function createAdmin(deps: AdminDeps): Server {
     const url = new URL(req.url ?? '/', 'http://admin');
     const path = url.pathname;
     if (req.method === 'GET' && path === '/metrics') {
-      scrape(deps.registry, deps.workers).then(
+      deps.metrics().then(
         (m) => send(res, 200, m.text, m.contentType),
         (err: Error) => send(res, 500, { error: err.message }),
       );

@@ -1,12 +1,15 @@
-// Main-thread side of affinity. Lookups (request Cookie headers) and learns
-// (response Set-Cookie headers) of one event-loop turn are gathered into one
-// batch, up to --batch-max, and handed to the resolver: a worker thread, or the
-// main thread itself with --workers 0. One message each way per batch.
-import { STORE_FAILED, emptyBatch, type AffinityAnswer, type AffinityBatch } from './batch.ts';
+// The event loop's side of affinity. A lookup is answered by the near cache
+// when it holds a fresh binding; otherwise the lookups and learns of one
+// event-loop turn are gathered into one batch, up to --batch-max, and handed
+// to the resolver: a worker thread, or the loop itself with --workers 0. One
+// message each way per batch.
+import { LOOKUP_CODES, emptyBatch, type AffinityAnswer, type AffinityBatch, type BindReason, type LookupOutcome } from './batch.ts';
+import type { NearCache } from './near-cache.ts';
+import type { LoopStats, ResolverStats } from './stats.ts';
 
-/** Told where a request's session is bound (backend '' when it is not). */
+/** Told where a request's session is bound (backend '' unless 'hit'). */
 export interface LookupWaiter {
-  onAffinity(outcome: number, backend: string, key: string): void;
+  onAffinity(outcome: LookupOutcome, backend: string, key: string): void;
 }
 
 /** Told when a response's session cookies are stored (or the attempt is over). */
@@ -24,73 +27,133 @@ export interface BatchRunner {
 }
 
 export interface AffinityOptions {
-  sessionCookies: readonly string[];
   batchMax: number;
-  /** Past this a batch's requests are routed without affinity; covers a stuck worker. */
+  /** Past this a batch's requests are routed without the store; covers a stuck worker. */
   deadlineMs: number;
-  /** Told each batch's size (a metric). */
-  onBatch: (size: number) => void;
+  /** Sliding lifetime of bindings, seconds: adoptions are written at most once per eighth of it. */
+  defaultTtl: number;
+  /** In front of a remote store (memcached); null for the embedded store, which is local already. */
+  near: NearCache | null;
+  /** The embedded store, read here without a batch: its memory is this process's. */
+  local: LocalStore | null;
+  stats: LoopStats;
+  /** Where lookups answered here are counted. */
+  resolverStats: ResolverStats;
+}
+
+/** A store this thread can read synchronously. */
+export interface LocalStore {
+  lookup(key: string): string | null;
 }
 
 export class Affinity {
-  readonly #names: readonly string[];
+  readonly near: NearCache | null;
+  readonly #local: LocalStore | null;
+  readonly #resolverStats: ResolverStats;
   readonly #batchMax: number;
   readonly #deadlineMs: number;
+  readonly #adoptEveryMs: number;
   readonly #runner: BatchRunner;
-  readonly #onBatch: (size: number) => void;
+  readonly #stats: LoopStats;
   #batch: AffinityBatch = emptyBatch();
   #lookups: LookupWaiter[] = [];
   #learns: LearnWaiter[] = [];
   #scheduled = false;
   readonly #inflight = new Set<Promise<void>>();
-  readonly #flushNow = () => this.#flush();
+  readonly #flushNow = (): void => this.#flush();
 
   constructor(opts: AffinityOptions, runner: BatchRunner) {
-    this.#names = opts.sessionCookies;
+    this.near = opts.near;
+    this.#local = opts.local;
+    this.#resolverStats = opts.resolverStats;
     this.#batchMax = opts.batchMax;
     this.#deadlineMs = opts.deadlineMs;
+    this.#adoptEveryMs = (opts.defaultTtl * 1000) / 8;
     this.#runner = runner;
-    this.#onBatch = opts.onBatch;
+    this.#stats = opts.stats;
   }
 
-  /**
-   * A substring test, so a request without a session cookie costs no parsing
-   * and never waits on a worker. False positives are settled by the resolver.
-   */
-  mayCarrySession(cookie: string | undefined): cookie is string {
-    if (cookie === undefined) return false;
-    for (let i = 0; i < this.#names.length; i++) if (cookie.includes(this.#names[i])) return true;
-    return false;
-  }
-
-  /** True when one of these Set-Cookie values may name a session cookie. */
-  setsSession(setCookie: string): boolean {
-    for (let i = 0; i < this.#names.length; i++) if (setCookie.includes(this.#names[i])) return true;
-    return false;
-  }
-
-  lookup(cookie: string, waiter: LookupWaiter): void {
-    this.#batch.cookies.push(cookie);
+  /** Looks up `keys` ('\n'-joined session keys); the answer may come at once, from the near cache or the embedded store. */
+  lookup(keys: string, waiter: LookupWaiter): void {
+    if (this.#local !== null) {
+      this.#lookupLocal(this.#local, keys, waiter);
+      return;
+    }
+    const near = this.near;
+    if (near !== null) {
+      const now = performance.now();
+      let k = 0;
+      for (;;) {
+        const nl = keys.indexOf('\n', k);
+        const key = nl < 0 ? (k === 0 ? keys : keys.slice(k)) : keys.slice(k, nl);
+        const e = near.get(key, now);
+        if (e !== undefined && near.fresh(e, now)) {
+          this.#stats.nearHits++;
+          waiter.onAffinity('hit', e.backend, key);
+          return;
+        }
+        if (nl < 0) break;
+        k = nl + 1;
+      }
+    }
+    this.#batch.lookups.push(keys);
     this.#lookups.push(waiter);
     this.#schedule();
   }
 
+  /** The first configured cookie whose id is bound wins. */
+  #lookupLocal(local: LocalStore, keys: string, waiter: LookupWaiter): void {
+    const s = this.#resolverStats;
+    let k = 0;
+    for (;;) {
+      const nl = keys.indexOf('\n', k);
+      const key = nl < 0 ? (k === 0 ? keys : keys.slice(k)) : keys.slice(k, nl);
+      const backend = local.lookup(key);
+      if (backend !== null) {
+        s.hits++;
+        waiter.onAffinity('hit', backend, key);
+        return;
+      }
+      if (nl < 0) break;
+      k = nl + 1;
+    }
+    s.misses++;
+    waiter.onAffinity('miss', '', '');
+  }
+
+  /** Where this instance last knew `key` to be bound, fresh or not ('' if nowhere). */
+  remembered(key: string): string {
+    return this.near?.get(key, performance.now())?.backend ?? '';
+  }
+
   /**
    * Binds a session to a backend with the sliding default TTL: a session whose
-   * backend could not serve it moves to the one that did, and an open
-   * WebSocket keeps its session's binding fresh.
+   * backend could not serve it moves to where it is sent, an open WebSocket
+   * keeps its session's binding fresh, and a backend that accepted an unbound
+   * id adopts it (at most once per eighth of the TTL per key).
    */
-  bind(key: string, backend: string): void {
+  bind(key: string, backend: string, reason: BindReason): void {
+    const near = this.near;
+    if (near !== null) {
+      const now = performance.now();
+      if (reason === 'adopt') {
+        const e = near.get(key, now);
+        if (e !== undefined && e.backend === backend && e.adoptAfter > now) return;
+      }
+      near.set(key, backend, now).adoptAfter = now + this.#adoptEveryMs;
+    }
     this.#batch.bindKeys.push(key);
     this.#batch.bindBackends.push(backend);
+    this.#batch.bindAdopt.push(reason === 'adopt' ? 1 : 0);
     this.#schedule();
   }
 
-  learn(backend: string, setCookies: string[], requestCookie: string, boundKey: string, waiter: LearnWaiter): void {
+  /** Stores what a response's session Set-Cookie values teach; `sent` and `bound` are the request's keys. */
+  learn(backend: string, setCookies: string[], sent: string, bound: string, waiter: LearnWaiter): void {
     this.#batch.learnBackends.push(backend);
     this.#batch.learnSetCookies.push(setCookies);
-    this.#batch.learnCookies.push(requestCookie);
-    this.#batch.learnBound.push(boundKey);
+    this.#batch.learnSent.push(sent);
+    this.#batch.learnBound.push(bound);
     this.#learns.push(waiter);
     this.#schedule();
   }
@@ -121,8 +184,8 @@ export class Affinity {
     this.#scheduled = false;
     const size = this.#size();
     if (size === 0) return;
-    this.#onBatch(size);
-    const flight = new Flight(this.#lookups, this.#learns);
+    this.#stats.batchSize.observe(size);
+    const flight = new Flight(this.#lookups, this.#learns, this.#batch.learnBackends, this.near);
     const batch = this.#batch;
     this.#batch = emptyBatch();
     this.#lookups = [];
@@ -139,24 +202,38 @@ export class Affinity {
 class Flight {
   readonly lookups: LookupWaiter[];
   readonly learns: LearnWaiter[];
+  readonly learnBackends: string[];
+  readonly near: NearCache | null;
   timer: NodeJS.Timeout | undefined;
   readonly abort = new AbortController();
   done = false;
 
-  constructor(lookups: LookupWaiter[], learns: LearnWaiter[]) {
+  constructor(lookups: LookupWaiter[], learns: LearnWaiter[], learnBackends: string[], near: NearCache | null) {
     this.lookups = lookups;
     this.learns = learns;
+    this.learnBackends = learnBackends;
+    this.near = near;
   }
 
   readonly answer = (a: AffinityAnswer): void => {
     if (this.#finish()) return;
-    for (let i = 0; i < this.lookups.length; i++) this.lookups[i].onAffinity(a.outcomes[i], a.backends[i], a.keys[i]);
+    const near = this.near;
+    if (near !== null) {
+      const now = performance.now();
+      for (let i = 0; i < a.outcomes.length; i++) if (a.outcomes[i] === 1) near.set(a.keys[i], a.backends[i], now);
+      // Learns and unbinds reach the near cache before their answers reach the client.
+      for (let j = 0; j < a.learnt.length; j++) {
+        if (a.learnt[j] !== '') for (const key of a.learnt[j].split('\n')) near.set(key, this.learnBackends[j], now);
+        if (a.cleared[j] !== '') for (const key of a.cleared[j].split('\n')) near.delete(key);
+      }
+    }
+    for (let i = 0; i < this.lookups.length; i++) this.lookups[i].onAffinity(LOOKUP_CODES[a.outcomes[i]], a.backends[i], a.keys[i]);
     for (let j = 0; j < this.learns.length; j++) this.learns[j].onLearned(a.replaced[j] === 1);
   };
 
   readonly fail = (): void => {
     if (this.#finish()) return;
-    for (const w of this.lookups) w.onAffinity(STORE_FAILED, '', '');
+    for (const w of this.lookups) w.onAffinity('failed', '', '');
     for (const w of this.learns) w.onLearned(false);
   };
 

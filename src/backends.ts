@@ -1,21 +1,21 @@
 // The configured backends, each with its own keep-alive connection pool and
 // its state: health (active checks), ejection (passive), and the operator's say.
-import { Pool } from 'undici';
-import type { BackendConfig, Config } from './config.ts';
+import type { BackendConfig } from './config.ts';
+import type { Deadlines } from './deadlines.ts';
+import { BackendStats } from './stats.ts';
+import { UpstreamPool, type UpstreamOptions } from './upstream.ts';
 
 /** What an operator has set: draining keeps bound sessions but takes no new ones. */
 export type AdminState = 'enabled' | 'draining' | 'disabled';
-
-export type UpstreamOptions = Pick<Config, 'upstreamConnections' | 'upstreamConnectTimeoutMs' | 'upstreamHeaderTimeoutMs' | 'upstreamBodyTimeoutMs'> & {
-  /** PEM CA to trust for https:// backends. */
-  ca?: string | null;
-};
 
 export class Backend {
   readonly name: string;
   readonly url: URL;
   weight: number;
-  readonly pool: Pool;
+  readonly pool: UpstreamPool;
+  /** host:port, the Host header --rewrite-host sends. */
+  readonly hostHeader: string;
+  readonly stats = new BackendStats();
   /** Smooth round robin's running weight. */
   rrCurrent = 0;
   /** Set when a reload removed it: its health checks stop. */
@@ -35,20 +35,12 @@ export class Backend {
   /** May be picked for a request without a usable binding. */
   takesNew = true;
 
-  constructor(cfg: BackendConfig, opts: UpstreamOptions) {
+  constructor(cfg: BackendConfig, opts: UpstreamOptions, deadlines: Deadlines) {
     this.name = cfg.name;
     this.url = cfg.url;
     this.weight = cfg.weight;
-    this.pool = new Pool(cfg.url.origin, {
-      connections: opts.upstreamConnections,
-      pipelining: 1,
-      keepAliveTimeout: 30_000,
-      keepAliveMaxTimeout: 600_000,
-      connectTimeout: opts.upstreamConnectTimeoutMs,
-      headersTimeout: opts.upstreamHeaderTimeoutMs,
-      bodyTimeout: opts.upstreamBodyTimeoutMs,
-      connect: opts.ca ? { ca: opts.ca } : undefined,
-    });
+    this.hostHeader = cfg.url.host;
+    this.pool = new UpstreamPool(cfg.url, opts, deadlines);
     this.refresh();
   }
 
@@ -69,10 +61,12 @@ export class BackendSet {
   readonly list: Backend[];
   readonly #byName = new Map<string, Backend>();
   readonly #opts: UpstreamOptions;
+  readonly #deadlines: Deadlines;
 
-  constructor(configs: BackendConfig[], opts: UpstreamOptions) {
+  constructor(configs: BackendConfig[], opts: UpstreamOptions, deadlines: Deadlines) {
     this.#opts = opts;
-    this.list = configs.map((c) => new Backend(c, opts));
+    this.#deadlines = deadlines;
+    this.list = configs.map((c) => new Backend(c, opts, deadlines));
     for (const b of this.list) this.#byName.set(b.name, b);
   }
 
@@ -100,11 +94,11 @@ export class BackendSet {
       this.#byName.delete(b.name);
       b.removed = true;
       removed.push(b);
-      void b.pool.close(); // graceful: requests in flight complete
+      b.pool.close(); // graceful: requests in flight complete
     }
     for (const c of configs) {
       if (this.#byName.has(c.name)) continue;
-      const b = new Backend(c, this.#opts);
+      const b = new Backend(c, this.#opts, this.#deadlines);
       this.list.push(b);
       this.#byName.set(b.name, b);
       added.push(b);
@@ -116,7 +110,8 @@ export class BackendSet {
     return this.#byName.get(name);
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.list.map((b) => b.pool.close()));
+  /** Closes idle connections; busy ones close once their request is done. */
+  close(): void {
+    for (const b of this.list) b.pool.close();
   }
 }

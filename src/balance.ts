@@ -3,10 +3,7 @@
 // not draining or disabled, and not of weight 0 (such a backend only serves
 // the sessions already bound to it).
 import type { Backend } from './backends.ts';
-import { HIT, STORE_FAILED } from './batch.ts';
 import type { BalanceAlgorithm } from './config.ts';
-import type { ProxyContext } from './context.ts';
-import { requestSessionKeys } from './cookies.ts';
 import { fmix32, fnv1a } from './hash.ts';
 
 export interface Balancer {
@@ -118,45 +115,4 @@ export function rendezvous(key: string, backends: readonly Backend[]): Backend |
     if (score > bestScore) { bestScore = score; best = b; }
   }
   return best;
-}
-
-/**
- * Where a request goes, given its affinity answer. A binding to a backend that
- * is up wins, and `bound.boundKey` records it. A binding naming no configured
- * backend is ignored; one whose backend is down or disabled moves to where the
- * balancer sends the session. When the store could not answer, rendezvous
- * hashing keeps the session in one place. Otherwise the balancer picks.
- */
-export function chooseBackend(ctx: ProxyContext, outcome: number, name: string, key: string, cookie: string, r: Routed): Backend | null {
-  if (outcome === HIT) {
-    const b = ctx.backends.get(name);
-    r.boundKey = key;
-    r.route = 'hit';
-    if (b !== undefined && b.up) return b;
-    const chosen = ctx.balancer.pick();
-    if (b !== undefined && chosen !== null) {
-      r.route = 'moved';
-      ctx.metrics.moves.inc();
-      ctx.affinity.bind(key, chosen.name);
-    }
-    return chosen;
-  }
-  if (outcome === STORE_FAILED) {
-    const k = key || requestSessionKeys(cookie, ctx.sessionCookies)[0];
-    if (k !== undefined) {
-      r.route = 'fallback';
-      ctx.metrics.fallbacks.inc();
-      return rendezvous(k, ctx.backends.list);
-    }
-  }
-  r.route = 'miss';
-  return ctx.balancer.pick();
-}
-
-/** How a request was routed, for the access log: none (no session cookie), hit, miss, moved, fallback. */
-export type Route = 'none' | 'hit' | 'miss' | 'moved' | 'fallback';
-
-export interface Routed {
-  boundKey: string;
-  route: Route;
 }

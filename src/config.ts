@@ -35,10 +35,20 @@ export interface Config {
   storeTimeoutMs: number;
   embeddedMaxEntries: number;
   learnQueue: number;
+  /** Lifetime of a near-cache answer, ms; 0 asks the store every time. */
+  nearCacheTtlMs: number;
+  nearCacheEntries: number;
+  /** A backend that accepts an unbound session id adopts it. */
+  adopt: boolean;
+  /** The last of two same-named session cookies counts (Django), not the first. */
+  cookiePickLast: boolean;
   upstreamConnections: number;
   upstreamConnectTimeoutMs: number;
   upstreamHeaderTimeoutMs: number;
   upstreamBodyTimeoutMs: number;
+  upstreamIdleTimeoutMs: number;
+  queueMax: number;
+  queueTimeoutMs: number;
   retries: number;
   healthPath: string | null;
   healthIntervalMs: number;
@@ -47,8 +57,14 @@ export interface Config {
   healthFall: number;
   ejectAfter: number;
   ejectCooldownMs: number;
+  maxEjectionPercent: number;
+  ejectOn500: boolean;
   clientHeaderTimeoutMs: number;
   clientIdleTimeoutMs: number;
+  clientBodyTimeoutMs: number;
+  maxHeadBytes: number;
+  maxHeaders: number;
+  maxUrlBytes: number;
   maxConnections: number;
   shutdownTimeoutMs: number;
   logLevel: string;
@@ -197,10 +213,17 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     storeTimeoutMs: v['store-timeout'],
     embeddedMaxEntries: v['embedded-max-entries'],
     learnQueue: v['learn-queue'],
+    nearCacheTtlMs: v['near-cache-ttl'],
+    nearCacheEntries: v['near-cache-entries'],
+    adopt: !v['no-adopt'],
+    cookiePickLast: v['cookie-pick'] === 'last',
     upstreamConnections: v['upstream-connections'],
     upstreamConnectTimeoutMs: v['upstream-connect-timeout'],
     upstreamHeaderTimeoutMs: v['upstream-header-timeout'],
     upstreamBodyTimeoutMs: v['upstream-body-timeout'],
+    upstreamIdleTimeoutMs: v['upstream-idle-timeout'],
+    queueMax: v['queue-max'],
+    queueTimeoutMs: v['queue-timeout'],
     retries: v.retries,
     healthPath: v['health-path'],
     healthIntervalMs: v['health-interval'],
@@ -209,8 +232,14 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     healthFall: v['health-fall'],
     ejectAfter: v['eject-after'],
     ejectCooldownMs: v['eject-cooldown'],
+    maxEjectionPercent: v['max-ejection-percent'],
+    ejectOn500: v['eject-on-500'],
     clientHeaderTimeoutMs: v['client-header-timeout'],
     clientIdleTimeoutMs: v['client-idle-timeout'],
+    clientBodyTimeoutMs: v['client-body-timeout'],
+    maxHeadBytes: v['max-head-size'],
+    maxHeaders: v['max-headers'],
+    maxUrlBytes: v['max-url-length'],
     maxConnections: v['max-connections'],
     shutdownTimeoutMs: v['shutdown-timeout'],
     logLevel: v['log-level'],

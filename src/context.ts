@@ -1,29 +1,45 @@
-// What every request's trip needs from the running proxy; built once by proxy.ts.
+// What every request's trip needs from its event loop; built once per loop by proxy.ts.
 import type { Affinity } from './affinity.ts';
 import type { BackendSet } from './backends.ts';
 import type { Balancer } from './balance.ts';
+import type { ClientConnection } from './client.ts';
+import type { SessionCookieNames } from './cookies.ts';
+import type { Deadlines } from './deadlines.ts';
 import type { Health } from './health.ts';
+import type { HeadLimits } from './http/request.ts';
 import type { Logger } from './log.ts';
-import type { ProxyMetrics } from './metrics.ts';
+import type { LoopStats } from './stats.ts';
 
 export interface ProxyContext {
   affinity: Affinity;
   backends: BackendSet;
   balancer: Balancer;
+  stats: LoopStats;
   health: Health;
   log: Logger;
-  metrics: ProxyMetrics;
   /** The access log, or null when --access-log is off. */
   access: Logger | null;
-  sessionCookies: readonly string[];
+  /** The session cookies; a request without one of these names costs no affinity work. */
+  names: SessionCookieNames;
   /** Lifetime of sliding bindings, seconds: an open WebSocket refreshes its binding well within it. */
   defaultTtl: number;
   /** Retries on another backend for a connection that failed before any response byte. */
   retries: number;
+  /** A backend that accepts an unbound session id (answers 2xx/3xx without a new one) adopts it. */
+  adopt: boolean;
   /** Set on shutdown: answers close their connections instead of keeping them alive. */
   closing: boolean;
   /** How clients reach us: 'http' or 'https' (X-Forwarded-Proto). */
   proto: string;
   forwarded: boolean;
   rewriteHost: boolean;
+  limits: HeadLimits;
+  deadlines: Deadlines;
+  clientHeaderTimeoutMs: number;
+  clientIdleTimeoutMs: number;
+  clientBodyTimeoutMs: number;
+  upstreamHeaderTimeoutMs: number;
+  upstreamBodyTimeoutMs: number;
+  /** Open client connections, for shutdown and the connection gauge. */
+  clients: Set<ClientConnection>;
 }

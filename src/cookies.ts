@@ -1,7 +1,7 @@
 // Session ids out of Cookie and Set-Cookie headers, through the `cookie`
 // package. Values are kept exactly as on the wire (no URL-decoding), so the id
 // read from a request matches the id learnt from a response byte for byte.
-import { parseCookie, parseSetCookie } from 'cookie';
+import { parseSetCookie } from 'cookie';
 
 const RAW = { decode: (s: string) => s };
 
@@ -10,16 +10,93 @@ export function sessionKey(cookieName: string, id: string): string {
   return `${cookieName}:${id}`;
 }
 
-/** Store keys of the configured session cookies present in a Cookie header, in configured order. */
-export function requestSessionKeys(cookieHeader: string, names: readonly string[]): string[] {
-  const out: string[] = [];
-  if (cookieHeader === '') return out;
-  const jar = parseCookie(cookieHeader, RAW);
-  for (const name of names) {
-    const id = jar[name];
-    if (id) out.push(sessionKey(name, id));
+/** The configured session cookie names, ready for scanning request bytes. */
+export class SessionCookieNames {
+  readonly names: readonly string[];
+  readonly bytes: readonly Buffer[];
+  /** When a request carries one name twice: false, the first counts (PHP, Express, servlets); true, the last (Django). */
+  readonly pickLast: boolean;
+
+  constructor(names: readonly string[], pickLast = false) {
+    this.names = names;
+    this.bytes = names.map((n) => Buffer.from(n, 'latin1'));
+    this.pickLast = pickLast;
   }
-  return out;
+}
+
+// Per scan, the id range found for each configured name; reused across scans.
+let found = new Int32Array(16);
+
+/**
+ * Session ids in Cookie header values buf[starts[k], ends[k]), as store keys
+ * in configured order, joined by '\n' (a byte no header value holds); '' when
+ * there is none. Pairs are split as the `cookie` package splits them: on ';',
+ * at the first '=', trimmed of spaces and tabs, values kept as sent.
+ */
+export function sessionKeys(buf: Buffer, starts: ArrayLike<number>, ends: ArrayLike<number>, lines: number, names: SessionCookieNames): string {
+  // Cheap test first: a request without a session cookie name costs no parsing.
+  let any = false;
+  for (let k = 0; k < lines && !any; k++) {
+    for (let n = 0; n < names.bytes.length; n++) {
+      const at = buf.indexOf(names.bytes[n], starts[k]);
+      if (at >= 0 && at < ends[k]) { any = true; break; }
+    }
+  }
+  if (!any) return '';
+  const count = names.bytes.length;
+  if (found.length < count * 2) found = new Int32Array(count * 2);
+  found.fill(-1, 0, count * 2);
+  for (let k = 0; k < lines; k++) {
+    const end = ends[k];
+    let i = starts[k];
+    while (i < end) {
+      let semi = buf.indexOf(59, i);
+      if (semi < 0 || semi > end) semi = end;
+      let eq = i;
+      while (eq < semi && buf[eq] !== 61) eq++;
+      if (eq < semi) {
+        const ns = trimStart(buf, i, eq);
+        const ne = trimEnd(buf, ns, eq);
+        for (let n = 0; n < count; n++) {
+          const name = names.bytes[n];
+          if (ne - ns !== name.length || (!names.pickLast && found[n * 2] >= 0)) continue;
+          let m = 0;
+          while (m < name.length && buf[ns + m] === name[m]) m++;
+          if (m !== name.length) continue;
+          const vs = trimStart(buf, eq + 1, semi);
+          const ve = trimEnd(buf, vs, semi);
+          // An empty value carries no session (the cookie package reads it the same way).
+          if (ve > vs) { found[n * 2] = vs; found[n * 2 + 1] = ve; }
+          break;
+        }
+      }
+      i = semi + 1;
+    }
+  }
+  let keys = '';
+  for (let n = 0; n < count; n++) {
+    if (found[n * 2] < 0) continue;
+    const key = sessionKey(names.names[n], buf.toString('latin1', found[n * 2], found[n * 2 + 1]));
+    keys = keys === '' ? key : `${keys}\n${key}`;
+  }
+  return keys;
+}
+
+function trimStart(buf: Buffer, i: number, end: number): number {
+  while (i < end && (buf[i] === 32 || buf[i] === 9)) i++;
+  return i;
+}
+
+function trimEnd(buf: Buffer, start: number, end: number): number {
+  while (end > start && (buf[end - 1] === 32 || buf[end - 1] === 9)) end--;
+  return end;
+}
+
+/** Store keys of the configured session cookies in a Cookie header string, in configured order. */
+export function requestSessionKeys(cookieHeader: string, names: readonly string[]): string[] {
+  const b = Buffer.from(cookieHeader, 'latin1');
+  const keys = sessionKeys(b, [0], [b.length], 1, new SessionCookieNames(names));
+  return keys === '' ? [] : keys.split('\n');
 }
 
 /** What a session Set-Cookie asks of the store. */

@@ -104,6 +104,22 @@ export const FLAGS = {
     section: 'Routing and affinity', default: 10000,
     help: 'learns kept (per thread) while memcached is unreachable, written once it is back; beyond, they are dropped and counted',
   }),
+  'near-cache-ttl': one(int(0, 60_000, 'MS'), {
+    section: 'Routing and affinity', default: 1000,
+    help: 'how long a binding read from memcached (or learnt here) is used without asking memcached again; `0`: ask every time. Past it, the binding is still remembered, to route its session while memcached cannot answer or has lost it',
+  }),
+  'near-cache-entries': one(int(16, 10_000_000), {
+    section: 'Routing and affinity', default: 65536,
+    help: 'bindings the near cache remembers (per event loop)',
+  }),
+  'no-adopt': sw({
+    section: 'Routing and affinity',
+    help: 'only Set-Cookie binds: a backend that accepts a session id it was sent without a binding (answers 2xx or 3xx without a new id) does not adopt it',
+  }),
+  'cookie-pick': one(oneOf(['first', 'last']), {
+    section: 'Routing and affinity', default: 'first',
+    help: 'which one counts when a request carries a session cookie twice: `first` (PHP, Express, Java servlets, ASP.NET) or `last` (Django)',
+  }),
 
   // Backends
   'upstream-connections': one(int(1, 65536), {
@@ -121,6 +137,18 @@ export const FLAGS = {
   'upstream-body-timeout': one(int(1, HOUR_MS, 'MS'), {
     section: 'Backends', default: 60000,
     help: 'silence allowed inside a response body (the client\'s answer is cut)',
+  }),
+  'upstream-idle-timeout': one(int(1, HOUR_MS, 'MS'), {
+    section: 'Backends', default: 4000,
+    help: 'kept-alive backend connections idle longer than this are closed; keep it below the backends\' own keep-alive timeout (Node\'s is 5 s)',
+  }),
+  'queue-max': one(int(0, 1_000_000), {
+    section: 'Backends', default: 1024,
+    help: 'requests that may wait for a connection to one backend once it has `--upstream-connections` open; beyond, 503 with `Retry-After`',
+  }),
+  'queue-timeout': one(int(1, HOUR_MS, 'MS'), {
+    section: 'Backends', default: 5000,
+    help: 'longest a request waits for a connection to its backend; then 503 with `Retry-After`',
   }),
   'backend-ca': opt(path(), {
     section: 'Backends',
@@ -152,11 +180,19 @@ export const FLAGS = {
   }),
   'eject-after': one(int(0, 1000), {
     section: 'Backends', default: 5,
-    help: 'consecutive connect failures or 5xx answers that eject a backend passively (`0`: never)',
+    help: 'consecutive connection failures, timeouts or gateway answers (502, 503, 504) that eject a backend passively (`0`: never)',
   }),
   'eject-cooldown': one(int(1, HOUR_MS, 'MS'), {
     section: 'Backends', default: 10000,
     help: 'how long an ejected backend rests',
+  }),
+  'max-ejection-percent': one(int(0, 100), {
+    section: 'Backends', default: 50,
+    help: 'most of the pool passive ejection takes out at once, in percent; one backend may always go, never the last one up',
+  }),
+  'eject-on-500': sw({
+    section: 'Backends',
+    help: 'an app\'s own 500 counts toward passive ejection (by default only connection failures, timeouts and 502, 503, 504 do)',
   }),
 
   // Clients
@@ -167,6 +203,22 @@ export const FLAGS = {
   'client-idle-timeout': one(int(1, HOUR_MS, 'MS'), {
     section: 'Clients', default: 30000,
     help: 'idle keep-alive client connections are closed after this',
+  }),
+  'client-body-timeout': one(int(100, HOUR_MS, 'MS'), {
+    section: 'Clients', default: 30000,
+    help: 'silence allowed inside a request body: past it, 408 (if the answer has not begun), the connection is closed and its backend connection freed',
+  }),
+  'max-head-size': one(int(1024, 1 << 20, 'BYTES'), {
+    section: 'Clients', default: 16384,
+    help: 'most bytes of a request\'s head (request line and headers); beyond, 431',
+  }),
+  'max-headers': one(int(1, 1000), {
+    section: 'Clients', default: 100,
+    help: 'most header lines in a request; beyond, 431',
+  }),
+  'max-url-length': one(int(16, 1 << 20, 'BYTES'), {
+    section: 'Clients', default: 8192,
+    help: 'most bytes of a request-target; beyond, 414',
   }),
   'max-connections': one(int(1, 10_000_000), {
     section: 'Clients', default: 10000,

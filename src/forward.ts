@@ -1,188 +1,538 @@
-// One client request's trip through the proxy, as a single object: it waits for
-// the affinity answer, asks the balancer when there is no usable binding, sends
-// the request through the backend's undici pool, and streams the answer back.
-// It is undici's dispatch handler itself, so bodies flow chunk by chunk with
-// backpressure both ways and no per-request closures.
-import type { IncomingMessage } from 'node:http';
-import type { Dispatcher } from 'undici';
+// One request's trip through the proxy, as a single object over one context,
+// in named phases (as Pingora's ProxyHttp has them):
+//   start       affinity lookup, or straight to the balancer without a session cookie
+//   onAffinity  route: bound, moved, remembered, fallback or balanced
+//   dispatch    a connection from the backend's pool (or a wait in its queue)
+//   onUpstream  the head, then the body, go out; 100 Continue when asked
+//   responseHead  framing, the learn (the head is held until stored), adoption
+//   responseBody  bytes stream to the client as views of what was received
+//   finish      the connection goes back to the pool, the access log line
+// Bodies flow both ways with backpressure: a full client pauses the backend's
+// socket, a full backend pauses the client's. Failures before any response
+// byte may be retried on another backend; after one, the client sees a cut.
 import type { LearnWaiter, LookupWaiter } from './affinity.ts';
 import type { Backend } from './backends.ts';
-import { chooseBackend, type Route } from './balance.ts';
+import type { LookupOutcome } from './batch.ts';
+import type { ClientConnection } from './client.ts';
 import type { ProxyContext } from './context.ts';
-import { requestHeaders, responseHeaders } from './headers.ts';
-import { sessionSetCookies } from './learn.ts';
-import type { ProxyResponse } from './accept.ts';
+import { CLIENT_CLOSE, CLIENT_KEEP, CLIENT_KEEP_10, clientHead, withHost, type BuiltHead } from './head.ts';
+import { ChunkedReader, type ChunkSink } from './http/chunked.ts';
+import { BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE, ResponseHead, parseResponseHead } from './http/response.ts';
+import { sessionSetCookies, setsCookie } from './learn.ts';
+import { CONTINUE, reply } from './replies.ts';
+import { route, type Route, type Routed } from './route.ts';
+import { Tunnel } from './upgrade.ts';
+import type { PoolWaiter, UpstreamConnection } from './upstream.ts';
 
-type Controller = Dispatcher.DispatchController;
-type Trailers = Record<string, string | string[] | undefined>;
+// Connect failures where the request cannot have reached the backend: any method may be retried.
+const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN']);
 
-// Methods a client may expect to be replayed (RFC 9110 section 9.2.2).
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
-// Failures of the connection itself, where no response byte has been seen.
-const CONNECTION_ERRORS = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL',
-  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_CLOSED',
-]);
-// Of those, the ones where the request cannot have reached the backend.
-const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT_TIMEOUT']);
+const RES_HEAD = 0;
+const RES_BODY = 1;
+const RES_DONE = 2;
 
-/** The headers a request carries to `backend`, as the context's forwarding settings say. */
-export function upstreamHeaders(req: IncomingMessage, ctx: ProxyContext, backend: Backend): string[] {
-  return requestHeaders(req.rawHeaders, req.socket.remoteAddress ?? '', ctx.proto, ctx.forwarded, ctx.rewriteHost ? backend.url.host : null);
+// One parsed response head at a time: it is consumed before the next is parsed.
+const RES = new ResponseHead();
+
+/** What the request's head told, kept after the parser moved on. */
+export interface RequestFacts {
+  method: string;
+  idempotent: boolean;
+  isHead: boolean;
+  /** HTTP/1.x minor version of the client. */
+  minor: number;
+  keepAlive: boolean;
+  /** A protocol switch (Upgrade with Connection: upgrade). */
+  upgrade: boolean;
+  expectContinue: boolean;
+  /** The session keys the request carries ('\n'-joined), '' when none. */
+  keys: string;
+  /** Request body: -1 none, else its Content-Length; chunked wins when set. */
+  contentLength: number;
+  chunked: boolean;
 }
 
-export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnWaiter {
-  readonly req: IncomingMessage;
-  readonly res: ProxyResponse;
+export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink, Routed {
+  readonly client: ClientConnection;
   readonly ctx: ProxyContext;
-  readonly path: string;
-  /** The request's Cookie header, '' when it has none. */
-  readonly cookie: string;
-  readonly hasBody: boolean;
-  backend: Backend | null = null;
-  controller: Controller | null = null;
-  /** The session's store key when the request carried a bound session. */
+  readonly head: BuiltHead;
+  readonly req: RequestFacts;
+  readonly t0 = performance.now();
+  /** What the access log says of the request; null when it is off. */
+  readonly facts: AccessFacts | null;
+  // Request body.
+  #bodyLeft: number;
+  #chunks: ChunkedReader | null;
+  bodyDone: boolean;
+  #pending: Buffer[] | null = null;
+  #bodySent = false;
+  // Routing.
   boundKey = '';
   route: Route = 'none';
-  readonly t0 = performance.now();
-  attempts = 0;
+  backend: Backend | null = null;
+  #attempts = 0;
+  #released = true;
+  #staleRetried = false;
+  upstream: UpstreamConnection | null = null;
+  // Response.
+  #res = RES_HEAD;
+  #resBuf: Buffer | null = null;
+  #resBytes = 0;
+  #framing = BODY_NONE;
+  #resLeft = 0;
+  #resChunks: ChunkedReader | null = null;
+  #dechunk = false;
+  #reusable = false;
+  status = 0;
+  /** The answer's head went out to the client. */
   started = false;
-  // A response head held back while its session cookie is being stored, so a
-  // client's next request, through any worker or instance, finds the binding.
-  heldStatus = 0;
-  heldMessage: string | undefined;
-  heldHeaders: string[] | null = null;
-  heldEnd: Trailers | null = null;
+  /** The head and body views held while a learn is stored. */
+  #held: Buffer[] | null = null;
+  #keepClient = true;
+  #learning = false;
+  // Accounting, for the access log and metrics.
+  bytesIn = 0;
+  bytesOut = 0;
+  tHead = 0;
+  /** Time to connect to the backend, -1 before a connection; 0 for a kept-alive one. */
+  connectMs = -1;
+  retries = 0;
+  termination = '';
   done = false;
+  gone = false;
 
-  constructor(req: IncomingMessage, res: ProxyResponse, ctx: ProxyContext, path: string) {
+  constructor(client: ClientConnection, head: BuiltHead, req: RequestFacts, facts: AccessFacts | null) {
+    this.client = client;
+    this.ctx = client.ctx;
+    this.head = head;
     this.req = req;
-    this.res = res;
-    this.ctx = ctx;
-    this.path = path;
-    this.cookie = req.headers.cookie ?? '';
-    const h = req.headers;
-    this.hasBody = h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
-    res.forward = this;
+    this.facts = facts;
+    this.#chunks = req.chunked ? new ChunkedReader() : null;
+    this.#bodyLeft = req.chunked ? 0 : Math.max(0, req.contentLength);
+    this.bodyDone = !req.chunked && this.#bodyLeft === 0;
   }
+
+  // ------------------------------------------------------------------ routing
 
   start(): void {
-    if (this.ctx.affinity.mayCarrySession(this.req.headers.cookie)) {
-      this.ctx.affinity.lookup(this.cookie, this);
-    } else {
-      this.#dispatch(this.ctx.balancer.pick());
-    }
+    if (this.req.keys === '') this.#dispatch(this.ctx.balancer.pick());
+    else this.ctx.affinity.lookup(this.req.keys, this);
   }
 
-  onAffinity(outcome: number, name: string, key: string): void {
+  onAffinity(outcome: LookupOutcome, backend: string, key: string): void {
     if (this.done) return;
-    this.#dispatch(chooseBackend(this.ctx, outcome, name, key, this.cookie, this));
+    this.#dispatch(route(this.ctx, outcome, backend, key || firstKey(this.req.keys), this));
   }
 
-  #dispatch(backend: Backend | null): void {
-    if (backend === null) {
-      this.#fail(503, 'no backend available', 'none');
+  #dispatch(b: Backend | null): void {
+    if (b === null) {
+      this.#answer(503, 'no backend available');
       return;
     }
-    this.backend = backend;
-    this.attempts++;
-    backend.active++;
-    backend.pool.dispatch({
-      path: this.path,
-      method: this.req.method as Dispatcher.HttpMethod,
-      headers: upstreamHeaders(this.req, this.ctx, backend),
-      body: this.hasBody ? this.req : null,
-    }, this);
+    this.backend = b;
+    this.#attempts++;
+    this.#released = false;
+    b.active++;
+    b.pool.acquire(this);
   }
 
-  onRequestStart(controller: Controller): void {
-    this.controller = controller;
-    if (this.done) controller.abort(new Error('client went away'));
+  // ------------------------------------------------------------------ request
+
+  onUpstream(conn: UpstreamConnection): void {
+    this.upstream = conn;
+    const b = this.backend!;
+    if (conn.uses === 0) {
+      this.connectMs = conn.connectedAt - conn.openedAt;
+      b.stats.connect.observe(this.connectMs / 1000);
+    } else {
+      this.connectMs = 0;
+    }
+    const head = this.head;
+    let bytes = head.bytes;
+    if (this.ctx.rewriteHost || head.hostEnd === head.hostStart) bytes = withHost(head, b.hostHeader);
+    const sock = conn.socket;
+    const pending = this.#pending;
+    // A client waiting on Expect: 100-continue sends its body once told to.
+    if (this.req.expectContinue && !this.bodyDone && pending === null && !this.started) this.client.write(CONTINUE);
+    if (pending === null) {
+      sock.write(bytes);
+    } else {
+      sock.cork();
+      sock.write(bytes);
+      for (let i = 0; i < pending.length; i++) sock.write(pending[i]);
+      sock.uncork();
+      this.#pending = null;
+      this.#bodySent = true;
+    }
+    if (this.bodyDone) conn.waitFor(this.ctx.upstreamHeaderTimeoutMs);
+    else conn.noDeadline();
+    this.client.bodyFlowing(true);
   }
 
-  onResponseStart(controller: Controller, statusCode: number, _parsed: unknown, statusMessage?: string): void {
-    if (statusCode < 200) return; // 1xx are hop-by-hop news; the final answer follows
+  /**
+   * Request body bytes buf[s, e). Returns where the body ends within them (e
+   * when it goes on), or -1 when its chunked framing is malformed.
+   */
+  clientBody(buf: Buffer, s: number, e: number): number {
+    let end: number;
+    if (this.#chunks !== null) {
+      end = this.#chunks.feed(buf, s, e);
+      if (end < 0) return -1;
+      if (this.#chunks.done) this.bodyDone = true;
+    } else {
+      end = Math.min(e, s + this.#bodyLeft);
+      this.#bodyLeft -= end - s;
+      if (this.#bodyLeft === 0) this.bodyDone = true;
+    }
+    if (end > s) this.#sendBody(end - s === buf.length ? buf : buf.subarray(s, end));
+    if (this.bodyDone && this.upstream !== null && this.#res === RES_HEAD) this.upstream.waitFor(this.ctx.upstreamHeaderTimeoutMs);
+    return end;
+  }
+
+  #sendBody(view: Buffer): void {
+    this.bytesIn += view.length;
+    const up = this.upstream;
+    if (up !== null) {
+      this.#bodySent = true;
+      if (!up.socket.write(view)) this.client.bodyFlowing(false);
+    } else {
+      (this.#pending ??= []).push(view);
+      this.client.bodyFlowing(false);
+    }
+  }
+
+  upstreamDrained(): void {
+    if (!this.done) this.client.bodyFlowing(true);
+  }
+
+  /** The request body's framing is malformed: nothing more goes upstream. */
+  badBody(why: string): void {
+    if (this.done) return;
+    this.ctx.log.info({ status: 400, reason: why, remote: this.client.address }, 'client error');
+    this.ctx.stats.clientErrors[400]++;
+    this.termination = 'client protocol error';
+    if (!this.started && this.#held === null) {
+      this.#abandon();
+      this.#answer(400, why, true);
+    } else {
+      this.client.destroy();
+    }
+  }
+
+  /** The client stopped sending its body (the body-silence timeout): 408, and the upstream connection is freed. */
+  bodyTimedOut(): void {
+    if (this.done) return;
+    this.termination = 'client timeout';
+    this.ctx.stats.clientErrors[408]++;
+    if (!this.started && this.#held === null) {
+      this.#abandon();
+      this.#answer(408, 'request body timeout', true);
+    } else {
+      this.client.destroy();
+    }
+  }
+
+  // ----------------------------------------------------------------- response
+
+  upstreamData(chunk: Buffer): void {
+    if (this.done) return;
+    this.#resBytes += chunk.length;
+    if (this.#res === RES_BODY) {
+      this.#responseBody(chunk, 0, chunk.length);
+      return;
+    }
+    if (this.#res !== RES_HEAD) {
+      this.#reusable = false; // bytes past the response: the connection is not sound
+      return;
+    }
+    let buf = chunk;
+    let base = 0; // where `chunk` starts within `buf`
+    if (this.#resBuf !== null) {
+      // A head split across reads: only head bytes are copied, once.
+      base = this.#resBuf.length;
+      buf = Buffer.concat([this.#resBuf, chunk]);
+      this.#resBuf = null;
+    }
+    let start = 0;
+    for (;;) {
+      const r = parseResponseHead(RES, buf, start, buf.length);
+      if (r === 0) {
+        this.#resBuf = start === 0 ? buf : buf.subarray(start);
+        return;
+      }
+      if (r < 0) {
+        this.#brokenResponse(RES.reason);
+        return;
+      }
+      if (RES.status >= 200) {
+        start = r;
+        break;
+      }
+      if (RES.status === 101) {
+        if (!this.req.upgrade) {
+          this.#brokenResponse('101 to a request that asked no upgrade');
+          return;
+        }
+        this.#switchProtocols(buf, r);
+        return;
+      }
+      start = r; // other 1xx are news for this hop only
+    }
+    // The head and the body bytes that came with it leave in one write.
+    const client = this.client;
+    const more = start < buf.length;
+    if (more) client.cork();
+    this.#responseHead();
+    // Body bytes that came with the head are views of the received chunk, not copies.
+    if (more && !this.done) {
+      if (start >= base) this.#responseBody(chunk, start - base, chunk.length);
+      else this.#responseBody(buf, start, buf.length);
+    }
+    if (more) client.uncork();
+  }
+
+  #responseHead(): void {
+    const b = this.backend!;
+    const up = this.upstream!;
+    const ctx = this.ctx;
+    const status = RES.status;
+    this.status = status;
+    this.tHead = performance.now();
+    this.#framing = RES.framing(this.req.isHead);
+    this.#reusable = RES.reusable;
+    // Gateway answers count against the backend; an app's own 500 only where the operator says so.
+    if (status === 502 || status === 503 || status === 504) ctx.health.failure(b, `status ${status}`, false);
+    else if (status === 500) ctx.health.failure(b, 'status 500', true);
+    else ctx.health.success(b);
+    b.stats.statuses[status < 600 ? status : 599]++;
+    b.stats.latency.observe((this.tHead - this.t0) / 1000);
+    const req = this.req;
+    // The client connection goes on only when both sides allow it and the framing tells where the answer ends.
+    let mode = req.minor === 1 ? CLIENT_KEEP : CLIENT_KEEP_10;
+    if (!req.keepAlive || ctx.closing || this.#framing === BODY_CLOSE || !this.bodyDone || this.client.ending) mode = CLIENT_CLOSE;
+    if (req.minor === 0 && this.#framing === BODY_CHUNKED) {
+      this.#dechunk = true;
+      mode = CLIENT_CLOSE;
+    }
+    this.#keepClient = mode !== CLIENT_CLOSE;
+    const chunkedOut = this.#framing === BODY_CHUNKED && !this.#dechunk;
+    if (this.#framing === BODY_CHUNKED) this.#resChunks = new ChunkedReader();
+    else if (this.#framing === BODY_LENGTH) this.#resLeft = RES.contentLength;
+    const out = clientHead(RES, chunkedOut, mode);
+    this.#res = this.#framing === BODY_NONE ? RES_DONE : RES_BODY;
+    const setCookies = sessionSetCookies(RES, ctx.names);
+    if (req.keys !== '' && ctx.adopt && this.boundKey === '' && status >= 200 && status < 400) this.#adopt(b);
+    if (setCookies !== null) {
+      // The head waits until its session is stored, so the client's next
+      // request finds the binding through any loop, worker or instance.
+      this.#held = [out];
+      this.#learning = true;
+      up.socket.pause();
+      ctx.affinity.learn(b.name, setCookies, req.keys, this.boundKey, this);
+    } else {
+      this.#out(out);
+    }
+    if (this.#res === RES_DONE) this.#complete();
+    else up.waitFor(ctx.upstreamBodyTimeoutMs);
+  }
+
+  /** The backend accepted a session id it was sent without a binding: bind it there. */
+  #adopt(b: Backend): void {
+    const names = this.ctx.names;
+    const key = firstKey(this.req.keys);
+    const colon = key.indexOf(':');
+    const index = names.names.indexOf(key.slice(0, colon));
+    // A new id for that cookie means the app did not accept the one it got.
+    if (index >= 0 && !setsCookie(RES, names, index)) this.ctx.affinity.bind(key, b.name, 'adopt');
+  }
+
+  #responseBody(buf: Buffer, s: number, e: number): void {
+    switch (this.#framing) {
+      case BODY_LENGTH: {
+        const n = Math.min(this.#resLeft, e - s);
+        this.#out(s === 0 && n === buf.length ? buf : buf.subarray(s, s + n));
+        this.#resLeft -= n;
+        if (s + n < e) this.#reusable = false;
+        if (this.#resLeft === 0) this.#complete();
+        else this.upstream!.waitFor(this.ctx.upstreamBodyTimeoutMs);
+        return;
+      }
+      case BODY_CHUNKED: {
+        const r = this.#resChunks!.feed(buf, s, e, this.#dechunk ? this : null);
+        if (r < 0) {
+          this.#brokenResponse(`bad chunked body: ${this.#resChunks!.error}`);
+          return;
+        }
+        if (!this.#dechunk && r > s) this.#out(s === 0 && r === buf.length ? buf : buf.subarray(s, r));
+        if (this.#resChunks!.done) {
+          if (r < e) this.#reusable = false;
+          this.#complete();
+        } else {
+          this.upstream!.waitFor(this.ctx.upstreamBodyTimeoutMs);
+        }
+        return;
+      }
+      case BODY_CLOSE:
+        this.#out(s === 0 ? buf : buf.subarray(s, e));
+        this.upstream!.waitFor(this.ctx.upstreamBodyTimeoutMs);
+        return;
+      default:
+        if (e > s) this.#reusable = false;
+    }
+  }
+
+  /** Chunk data for an HTTP/1.0 client, which gets the body without chunked framing. */
+  chunkData(buf: Buffer, start: number, end: number): void {
+    this.#out(buf.subarray(start, end));
+  }
+
+  /** Writes to the client, or holds while a learn is stored; a full client pauses the backend. */
+  #out(view: Buffer): void {
+    if (this.#held !== null) {
+      this.#held.push(view);
+      return;
+    }
     this.started = true;
-    const backend = this.backend!;
-    if (statusCode >= 500) this.ctx.health.failure(backend, `status ${statusCode}`);
-    else this.ctx.health.success(backend);
-    if (this.ctx.closing) this.res.shouldKeepAlive = false;
-    this.#answered(backend.name, statusCode);
-    const headers = responseHeaders(controller.rawHeaders as Buffer[]);
-    const setCookies = sessionSetCookies(headers, this.ctx.affinity);
-    if (setCookies === null) {
-      this.res.writeHead(statusCode, statusMessage, headers);
-      return;
-    }
-    this.heldStatus = statusCode;
-    this.heldMessage = statusMessage;
-    this.heldHeaders = headers;
-    controller.pause();
-    this.ctx.affinity.learn(backend.name, setCookies, this.cookie, this.boundKey, this);
+    this.bytesOut += view.length;
+    if (!this.client.write(view)) this.upstream?.socket.pause();
+  }
+
+  /** The client can take more. */
+  clientDrained(): void {
+    if (!this.done && this.#held === null && this.upstream !== null) this.upstream.socket.resume();
   }
 
   onLearned(replaced: boolean): void {
-    if (replaced && this.backend !== null) {
-      this.ctx.metrics.replaced.inc({ backend: this.backend.name });
-      this.ctx.log.debug({ backend: this.backend.name }, 'session replaced: a bound request was answered with a new session id');
+    const b = this.backend;
+    if (replaced && b !== null) {
+      const r = this.ctx.stats.replaced;
+      r.set(b.name, (r.get(b.name) ?? 0) + 1);
+      this.ctx.log.debug({ backend: b.name }, 'session replaced: a bound request was answered with a new session id');
     }
-    if (this.heldHeaders === null || this.done) return;
-    this.#releaseHead();
-    if (this.heldEnd !== null) this.#end(this.heldEnd);
-    else this.controller!.resume();
+    this.#learning = false;
+    const held = this.#held;
+    if (held === null || this.done) return;
+    this.#held = null;
+    this.client.cork();
+    for (let i = 0; i < held.length; i++) this.#out(held[i]);
+    this.client.uncork();
+    if (this.#res === RES_DONE) this.#finish();
+    else if (this.client.canWrite) this.upstream?.socket.resume();
   }
 
-  onResponseData(controller: Controller, chunk: Buffer): void {
-    // Body bytes never wait for a learn: the head goes out before them.
-    if (this.heldHeaders !== null) this.#releaseHead();
-    if (!this.res.write(chunk)) controller.pause();
+  #complete(): void {
+    this.#res = RES_DONE;
+    if (!this.#learning) this.#finish();
   }
 
-  onResponseEnd(_controller: Controller, trailers: Trailers): void {
-    if (this.heldHeaders !== null) {
-      this.heldEnd = trailers; // a bodiless answer (HEAD, 204, 304): end once the head is out
+  /** The answer is complete: the connection goes back to the pool, the client's goes on. */
+  #finish(): void {
+    if (this.done) return;
+    this.done = true;
+    const up = this.upstream;
+    this.upstream = null;
+    if (up !== null) up.release(this.#reusable && this.bodyDone && this.#framing !== BODY_CLOSE);
+    this.#release();
+    this.#log();
+    this.client.forwardDone(this, this.#keepClient);
+  }
+
+  // ------------------------------------------------------------------- faults
+
+  upstreamEnd(): void {
+    // A close-delimited body ends here; anything else is cut short, and the close that follows says so.
+    if (this.#res === RES_BODY && this.#framing === BODY_CLOSE) {
+      this.#reusable = false;
+      this.#complete();
+    }
+  }
+
+  upstreamClosed(code: string): void {
+    if (this.done) return;
+    const up = this.upstream;
+    this.upstream = null;
+    if (this.#res === RES_BODY && this.#framing === BODY_CLOSE) {
+      this.#reusable = false;
+      this.#complete();
       return;
     }
-    this.#end(trailers);
+    const b = this.backend!;
+    if (this.#res === RES_HEAD && this.#resBytes === 0) {
+      // No response byte: the connection failed under the request.
+      const reused = up !== null && up.reused;
+      b.stats.connectionErrors++;
+      if (reused && !this.#staleRetried && this.req.idempotent && !this.#bodySent) {
+        // A kept-alive socket the backend had closed meanwhile: once more, on a fresh one.
+        this.#staleRetried = true;
+        b.pool.acquire(this);
+        return;
+      }
+      this.ctx.health.failure(b, code || 'connection closed', false);
+      this.#retryOrFail(code || 'ECONNRESET', false);
+      return;
+    }
+    this.#brokenResponse(code || 'connection closed mid-response');
   }
 
-  onResponseError(_controller: Controller, err: Error): void {
-    const backend = this.backend!;
-    this.#release();
+  onUpstreamFailed(code: string): void {
     if (this.done) return;
-    const code = (err as { code?: string }).code ?? '';
-    const connectionFailed = !this.started && CONNECTION_ERRORS.has(code);
-    if (connectionFailed) this.ctx.health.failure(backend, code);
-    if (connectionFailed && this.#mayRetry(code)) {
-      const next = this.#another(backend);
+    const b = this.backend!;
+    if (code === 'QUEUE_FULL' || code === 'QUEUE_TIMEOUT' || code === 'CLOSED') {
+      b.stats.queueRefused++;
+      this.ctx.log.warn({ backend: b.name, reason: code }, 'backend queue: request refused');
+      this.#release();
+      this.#answer(503, code === 'QUEUE_TIMEOUT' ? 'queue timeout' : 'backend busy');
+      return;
+    }
+    b.stats.connectionErrors++;
+    this.ctx.health.failure(b, code, false);
+    this.#retryOrFail(code, true);
+  }
+
+  upstreamTimeout(): void {
+    if (this.done) return;
+    const b = this.backend!;
+    if (this.#res === RES_HEAD && !this.started) {
+      this.ctx.log.warn({ backend: b.name, status: 504 }, 'backend timed out');
+      this.ctx.health.failure(b, 'timeout', false);
+      this.termination = 'upstream timeout';
+      this.#abandon();
+      this.#answer(504, 'backend timed out');
+      return;
+    }
+    this.termination = 'upstream timeout';
+    this.ctx.log.warn({ backend: b.name }, 'backend went silent mid-response; client connection cut');
+    this.#abandon();
+    this.#cut();
+  }
+
+  /** Retries on another backend when allowed, else 502 (504 for a connect timeout). */
+  #retryOrFail(code: string, connectFailed: boolean): void {
+    const b = this.backend!;
+    this.#release();
+    // A body that began to flow cannot be replayed; a request the backend may have received is replayed only if idempotent.
+    const mayRetry = this.#attempts <= this.ctx.retries && !this.#bodySent && !this.started
+      && (this.req.idempotent || (connectFailed && NOT_SENT.has(code)));
+    if (mayRetry) {
+      const next = this.#another(b);
       if (next !== null) {
-        this.ctx.log.warn({ backend: backend.name, retryOn: next.name, code, method: this.req.method }, 'backend connection failed; retrying');
-        if (this.boundKey !== '') this.ctx.affinity.bind(this.boundKey, next.name);
+        this.retries++;
+        b.stats.retries++;
+        this.ctx.log.warn({ backend: b.name, retryOn: next.name, code, method: this.req.method }, 'backend connection failed; retrying');
+        if (this.boundKey !== '') this.ctx.affinity.bind(this.boundKey, next.name, 'bind');
         this.#dispatch(next);
         return;
       }
     }
-    if (!this.res.headersSent) {
-      const timeout = code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT';
-      this.ctx.log.warn({ backend: backend.name, code, status: timeout ? 504 : 502 }, timeout ? 'backend timed out' : 'backend failed');
-      this.#fail(timeout ? 504 : 502, timeout ? 'backend timed out' : 'bad gateway', backend.name);
-    } else {
-      // Part of the answer is out: the client must see it cut, not complete.
-      this.ctx.log.warn({ backend: backend.name, code }, 'backend failed mid-response; client connection cut');
-      this.done = true;
-      this.res.destroy(err);
-    }
-  }
-
-  /** Never after a response started; a body that began to flow cannot be replayed. */
-  #mayRetry(code: string): boolean {
-    if (this.attempts > this.ctx.retries) return false;
-    if (this.hasBody && this.req.readableDidRead) return false;
-    return IDEMPOTENT.has(this.req.method!) || NOT_SENT.has(code);
+    const timeout = code === 'ETIMEDOUT';
+    this.termination = timeout ? 'upstream timeout' : 'upstream failed';
+    this.ctx.log.warn({ backend: b.name, code, status: timeout ? 504 : 502 }, timeout ? 'backend timed out' : 'backend failed');
+    this.#answer(timeout ? 504 : 502, timeout ? 'backend timed out' : 'bad gateway');
   }
 
   #another(failed: Backend): Backend | null {
-    for (let i = 0; i < this.ctx.backends.list.length; i++) {
+    const n = this.ctx.backends.list.length;
+    for (let i = 0; i < n; i++) {
       const b = this.ctx.balancer.pick();
       if (b === null) return null;
       if (b !== failed) return b;
@@ -190,60 +540,134 @@ export class Forward implements Dispatcher.DispatchHandler, LookupWaiter, LearnW
     return null;
   }
 
-  /** The client went away before the answer was complete. */
-  clientClosed(): void {
-    if (this.done) return;
+  /** A malformed or cut response: 502 if the client has seen nothing yet, else a cut. */
+  #brokenResponse(why: string): void {
+    const b = this.backend!;
+    this.ctx.health.failure(b, why, false);
+    this.termination = 'upstream protocol error';
+    this.#abandon();
+    if (!this.started) {
+      this.ctx.log.warn({ backend: b.name, reason: why, status: 502 }, 'backend answer malformed');
+      this.#held = null;
+      this.#answer(502, 'bad gateway');
+    } else {
+      // Part of the answer is out: the client must see it cut, not complete.
+      this.ctx.log.warn({ backend: b.name, reason: why }, 'backend failed mid-response; client connection cut');
+      this.#cut();
+    }
+  }
+
+  #switchProtocols(buf: Buffer, headEnd: number): void {
+    const up = this.upstream!;
+    this.status = 101;
+    this.tHead = performance.now();
+    this.started = true;
     this.done = true;
-    this.controller?.abort(new Error('client went away'));
+    this.upstream = null;
+    const out = clientHead(RES, false, CLIENT_KEEP);
+    const rest = headEnd < buf.length ? buf.subarray(headEnd) : null;
+    // The tunnel keeps the backend's active count until it closes.
+    this.#released = true;
+    this.backend!.stats.statuses[101]++;
+    this.#log();
+    new Tunnel(this.client, up, this.backend!, this.boundKey, out, rest);
   }
 
-  /** The client can take more body. */
-  drained(): void {
-    if (!this.done && this.controller?.paused) this.controller.resume();
+  /** The client went away before the answer was complete. */
+  abort(): void {
+    if (this.done) return;
+    this.gone = true;
+    this.termination = this.termination || 'client aborted';
+    this.ctx.stats.clientAborts++;
+    this.#abandon();
+    this.done = true;
+    this.#release();
+    this.#log();
   }
 
-  #releaseHead(): void {
-    this.res.writeHead(this.heldStatus, this.heldMessage, this.heldHeaders!);
-    this.heldHeaders = null;
+  /** Drops the upstream connection: it is in an unknown state. */
+  #abandon(): void {
+    this.gone = true;
+    const up = this.upstream;
+    this.upstream = null;
+    if (up !== null) up.destroy();
+    this.#held = null;
   }
 
-  #end(trailers: Trailers): void {
+  #cut(): void {
+    this.done = true;
+    this.#release();
+    this.#log();
+    this.client.destroy();
+  }
+
+  /** The backend no longer serves this request (once per dispatch). */
+  #release(): void {
+    if (this.#released || this.backend === null) return;
+    this.#released = true;
+    const b = this.backend;
+    b.active--;
+    b.stats.bytesIn += this.bytesIn;
+    b.stats.bytesOut += this.bytesOut;
+  }
+
+  /** The proxy's own answer (502, 503, 504, 400, 408) when the client has seen nothing of one. */
+  #answer(status: number, reason: string, close = false): void {
     this.#release();
     this.done = true;
-    for (const _ in trailers) {
-      this.res.addTrailers(trailers as Record<string, string>);
-      break;
-    }
-    this.res.end();
+    this.status = status;
+    this.tHead = performance.now();
+    const keep = !close && this.bodyDone && this.req.keepAlive && !this.ctx.closing && !this.client.ending;
+    const stats = this.backend === null || status === 400 || status === 408 ? this.ctx.stats.none : this.backend.stats;
+    stats.statuses[status]++;
+    if (this.termination === '') this.termination = reason;
+    this.client.write(reply(status, !keep, this.req.isHead));
+    this.started = true;
+    this.#log();
+    this.client.forwardDone(this, keep);
   }
 
-  #release(): void {
-    if (this.backend !== null) {
-      this.backend.active--;
-      this.backend = null;
-    }
-  }
-
-  #answered(backend: string, status: number): void {
-    const seconds = (performance.now() - this.t0) / 1000;
-    this.ctx.metrics.answered(backend, status, seconds);
+  /** The access log line, written at completion (or abort). */
+  #log(): void {
     const access = this.ctx.access;
-    if (access !== null) {
-      // The path without query or ;parameters: session ids travel there too (;jsessionid=).
-      const end = this.path.search(/[?;]/);
-      access.info({ method: this.req.method, path: end < 0 ? this.path : this.path.slice(0, end), status, backend, affinity: this.route, ms: Math.round(seconds * 1e4) / 10 });
-    }
+    const f = this.facts;
+    if (access === null || f === null) return;
+    const now = performance.now();
+    const up = this.backend;
+    access.info({
+      client: this.client.address,
+      method: this.req.method,
+      host: f.host,
+      path: f.path,
+      status: this.status,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      ms: round(now - this.t0),
+      headMs: this.tHead === 0 ? null : round(this.tHead - this.t0),
+      connectMs: this.connectMs < 0 ? null : round(this.connectMs),
+      backend: up === null ? 'none' : up.name,
+      addr: up === null ? null : up.pool.address,
+      affinity: this.route,
+      retries: this.retries,
+      term: this.termination || 'ok',
+      ua: f.userAgent,
+    });
   }
+}
 
-  #fail(status: number, reason: string, backend: string): void {
-    this.#answered(backend, status);
-    this.done = true;
-    const res = this.res;
-    const body = `${reason}\n`;
-    const headers: string[] = ['content-type', 'text/plain', 'content-length', String(body.length)];
-    if (status === 503) headers.push('retry-after', '1');
-    if (this.ctx.closing) res.shouldKeepAlive = false;
-    res.writeHead(status, headers);
-    res.end(body);
-  }
+/** What the access log keeps of a request, taken from its head while it was at hand. */
+export interface AccessFacts {
+  host: string;
+  /** The path without query or ;parameters: session ids travel there too (;jsessionid=). */
+  path: string;
+  userAgent: string;
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}
+
+function firstKey(keys: string): string {
+  const nl = keys.indexOf('\n');
+  return nl < 0 ? keys : keys.slice(0, nl);
 }

@@ -1,11 +1,17 @@
 // Backend health: active checks (GET --health-path, with rise and fall
-// thresholds, off unless configured) and passive ejection after consecutive
-// connect failures or 5xx answers, with a cool-down.
+// thresholds, off unless configured; through undici, which the data path does
+// not use) and passive ejection after consecutive connection failures or
+// gateway answers, with a cool-down. Ejection never takes the last backend
+// that is up, nor more than --max-ejection-percent of the pool.
+import type { Dispatcher } from 'undici';
 import type { Backend, BackendSet } from './backends.ts';
 import type { Config } from './config.ts';
 import type { Logger } from './log.ts';
 
-export type HealthOptions = Pick<Config, 'healthPath' | 'healthIntervalMs' | 'healthTimeoutMs' | 'healthRise' | 'healthFall' | 'ejectAfter' | 'ejectCooldownMs'>;
+export type HealthOptions = Pick<Config, 'healthPath' | 'healthIntervalMs' | 'healthTimeoutMs' | 'healthRise' | 'healthFall' | 'ejectAfter' | 'ejectCooldownMs' | 'maxEjectionPercent' | 'ejectOn500'> & {
+  /** PEM CA for https:// backends' checks. */
+  ca: string | null;
+};
 
 export class Health {
   readonly #backends: BackendSet;
@@ -13,6 +19,7 @@ export class Health {
   readonly #log: Logger;
   readonly #timers = new Set<NodeJS.Timeout>();
   #stopped = false;
+  #agent: Promise<Dispatcher> | null = null;
 
   constructor(backends: BackendSet, opts: HealthOptions, log: Logger) {
     this.#backends = backends;
@@ -33,15 +40,27 @@ export class Health {
     this.#stopped = true;
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
+    void this.#agent?.then((a) => a.close());
   }
 
-  /** A connection to the backend failed, or it answered 5xx. */
-  failure(b: Backend, reason: string): void {
-    if (this.#opts.ejectAfter === 0 || b.ejected) return;
-    if (++b.failures < this.#opts.ejectAfter) return;
+  /** A connection to the backend failed, it timed out, or it answered 5xx (`appError`: a 500 of the app itself). */
+  failure(b: Backend, reason: string, appError: boolean): void {
+    const o = this.#opts;
+    if (o.ejectAfter === 0 || b.ejected || (appError && !o.ejectOn500)) return;
+    if (++b.failures < o.ejectAfter) return;
+    const list = this.#backends.list;
+    let up = 0;
+    let ejected = 0;
+    for (const x of list) {
+      if (x.up) up++;
+      if (x.ejected) ejected++;
+    }
+    if (b.up && up <= 1) return; // the last one up stays: a struggling backend beats none
+    if (ejected > 0 && (ejected + 1) * 100 > o.maxEjectionPercent * list.length) return;
     b.ejected = true;
     b.refresh();
-    this.#log.warn({ backend: b.name, reason, failures: b.failures, cooldownMs: this.#opts.ejectCooldownMs }, 'backend ejected');
+    b.stats.ejections++;
+    this.#log.warn({ backend: b.name, reason, failures: b.failures, cooldownMs: o.ejectCooldownMs }, 'backend ejected');
     this.#schedule(() => {
       b.ejected = false;
       b.failures = 0;
@@ -58,7 +77,9 @@ export class Health {
     const o = this.#opts;
     let ok = false;
     try {
-      const res = await b.pool.request({
+      const dispatcher = await this.#dispatcher();
+      const res = await dispatcher.request({
+        origin: b.url.origin,
         path: o.healthPath!,
         method: 'GET',
         headers: { 'user-agent': 'sticky-proxy-health' },
@@ -71,6 +92,7 @@ export class Health {
     } catch {
       ok = false;
     }
+    if (!ok) b.stats.healthFailures++;
     if (this.#stopped || b.removed) return;
     if (ok) { passes++; fails = 0; } else { fails++; passes = 0; }
     if (!b.healthy && passes >= o.healthRise) {
@@ -83,6 +105,11 @@ export class Health {
       this.#log.warn({ backend: b.name, path: o.healthPath }, 'backend failed its health checks');
     }
     this.#schedule(() => this.#check(b, passes, fails), o.healthIntervalMs);
+  }
+
+  /** undici is loaded only when checks are on: the request path does not need it. */
+  #dispatcher(): Promise<Dispatcher> {
+    return this.#agent ??= import('undici').then(({ Agent }) => new Agent({ connect: this.#opts.ca === null ? undefined : { ca: this.#opts.ca } }));
   }
 
   #schedule(fn: () => void, ms: number): void {

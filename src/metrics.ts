@@ -1,132 +1,152 @@
-// Prometheus metrics through prom-client. Every thread keeps its own registry
-// (the affinity workers count lookups and store operations where they happen);
-// a scrape asks every worker for its metrics over a BroadcastChannel and sums
-// them with the main thread's (prom-client's AggregatorRegistry.aggregate), so
-// one scrape shows the whole process.
+// Prometheus metrics. The request path counts in plain numbers (stats.ts);
+// a scrape turns each thread's numbers into prom-client's JSON form, asks the
+// affinity workers for theirs over a BroadcastChannel, and sums them all with
+// prom-client's AggregatorRegistry, so one scrape shows the whole process.
+// prom-client itself is loaded only by the thread that serves scrapes.
 import { BroadcastChannel, threadId } from 'node:worker_threads';
-import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import type { MetricObjectWithValues, MetricValue, Registry } from 'prom-client';
+import type { Backend } from './backends.ts';
+import type { Histogram, LoopStats, ResolverStats } from './stats.ts';
 
 const CHANNEL = 'sticky-proxy-metrics';
-const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
-const STORE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
 
-type MetricsJson = MetricObjectWithValues<MetricValue<string>>[];
+export type MetricJson = MetricObjectWithValues<MetricValue<string>>;
+type Labels = Record<string, string | number>;
 
-/** What the resolver counts, in whichever thread it runs. */
-export class ResolverMetrics {
-  readonly hits: Counter.Internal;
-  readonly misses: Counter.Internal;
-  readonly storeFailures: Counter.Internal;
-  readonly learns: Counter.Internal;
-  readonly unbinds: Counter.Internal;
-  readonly binds: Counter.Internal;
-  readonly storeGet: Histogram.Internal<string>;
-  readonly storeErrors: Counter<'op'>;
-  readonly #registers: Registry[];
+/** Builds one thread's metrics in prom-client's JSON form. */
+class Sheet {
+  readonly out: MetricJson[] = [];
 
-  constructor(registry: Registry) {
-    this.#registers = [registry];
-    const lookups = new Counter({ name: 'sticky_affinity_lookups_total', help: 'Session lookups by outcome (hit, miss, store_failed)', labelNames: ['outcome'], registers: [registry] });
-    this.hits = lookups.labels('hit');
-    this.misses = lookups.labels('miss');
-    this.storeFailures = lookups.labels('store_failed');
-    const changes = new Counter({ name: 'sticky_affinity_bindings_total', help: 'Bindings written: learnt from Set-Cookie, unbound by a cleared cookie, bound by a move or an open WebSocket', labelNames: ['change'], registers: [registry] });
-    this.learns = changes.labels('learn');
-    this.unbinds = changes.labels('unbind');
-    this.binds = changes.labels('bind');
-    const storeOps = new Histogram({ name: 'sticky_store_operation_seconds', help: 'Store lookup latency', labelNames: ['op'], buckets: STORE_BUCKETS, registers: [registry] });
-    this.storeGet = storeOps.labels('get');
-    this.storeErrors = new Counter({ name: 'sticky_store_errors_total', help: 'Store operations that failed, by operation', labelNames: ['op'], registers: [registry] });
+  add(name: string, help: string, type: 'counter' | 'gauge', values: { value: number; labels?: Labels }[], aggregator: 'sum' | 'max' = 'sum'): void {
+    this.out.push({ name, help, type, values: values.map((v) => ({ value: v.value, labels: v.labels ?? {} })), aggregator } as unknown as MetricJson);
   }
 
-  /** Gauges of the memcached outage queue, read at scrape time. */
-  observeQueue(queued: () => number, dropped: () => number): void {
-    const registers = this.#registers;
-    new Gauge({ name: 'sticky_store_learn_queue', help: 'Learns kept while memcached is unreachable', registers, collect() { this.set(queued()); } });
-    new Gauge({ name: 'sticky_store_learns_dropped', help: 'Learns dropped: outage queue full, or expired in it', registers, collect() { this.set(dropped()); } });
+  histogram(name: string, help: string, series: { h: Histogram; labels?: Labels }[]): void {
+    const values: MetricValue<string>[] = [];
+    for (const { h, labels = {} } of series) {
+      let cumulative = 0;
+      for (let i = 0; i < h.counts.length; i++) {
+        cumulative += h.counts[i];
+        values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: i < h.bounds.length ? h.bounds[i] : '+Inf' }, value: cumulative } as MetricValue<string>);
+      }
+      values.push({ metricName: `${name}_sum`, labels, value: h.sum } as MetricValue<string>);
+      values.push({ metricName: `${name}_count`, labels, value: h.count } as MetricValue<string>);
+    }
+    this.out.push({ name, help, type: 'histogram', values, aggregator: 'sum' } as unknown as MetricJson);
   }
 }
 
-/** Answers scrapes from the main thread with this worker's metrics. */
-export function serveWorkerMetrics(registry: Registry): void {
+/** The resolver's counts (lookups, bindings, store operations), in whichever thread it runs. */
+export function resolverMetrics(s: ResolverStats, queue: { queued: number; dropped: number } | null): MetricJson[] {
+  const m = new Sheet();
+  m.add('sticky_affinity_lookups_total', 'Session lookups by outcome (hit, miss, store_failed); near-cache hits are hits', 'counter', [
+    { value: s.hits, labels: { outcome: 'hit' } }, { value: s.misses, labels: { outcome: 'miss' } }, { value: s.failures, labels: { outcome: 'store_failed' } },
+  ]);
+  m.add('sticky_affinity_bindings_total', 'Bindings written: learn (Set-Cookie), unbind (cleared cookie), bind (moves, open WebSockets), adopt (an unbound id the backend accepted)', 'counter', [
+    { value: s.learns, labels: { change: 'learn' } }, { value: s.unbinds, labels: { change: 'unbind' } },
+    { value: s.binds, labels: { change: 'bind' } }, { value: s.adopts, labels: { change: 'adopt' } },
+  ]);
+  m.histogram('sticky_store_operation_seconds', 'Store lookup latency', [{ h: s.storeGet, labels: { op: 'get' } }]);
+  m.add('sticky_store_errors_total', 'Store operations that failed, by operation', 'counter', [
+    { value: s.getErrors, labels: { op: 'get' } }, { value: s.setErrors, labels: { op: 'set' } }, { value: s.deleteErrors, labels: { op: 'delete' } },
+  ]);
+  if (queue !== null) {
+    m.add('sticky_store_learn_queue', 'Learns kept while memcached is unreachable', 'gauge', [{ value: queue.queued }]);
+    m.add('sticky_store_learns_dropped_total', 'Learns dropped: outage queue full, or expired in it', 'counter', [{ value: queue.dropped }]);
+  }
+  return m.out;
+}
+
+const STATES = ['up', 'draining', 'disabled', 'down'] as const;
+
+/** One event loop's counts: requests, routing, backends, clients. */
+export function loopMetrics(l: LoopStats, backends: readonly Backend[], clients: number): MetricJson[] {
+  const m = new Sheet();
+  const requests: { value: number; labels: Labels }[] = [];
+  const series = (pick: (b: Backend) => number) => backends.map((b) => ({ value: pick(b), labels: { backend: b.name } }));
+  for (const [name, st] of [...backends.map((b) => [b.name, b.stats] as const), ['none', l.none] as const]) {
+    for (let status = 100; status < 600; status++) if (st.statuses[status] > 0) requests.push({ value: st.statuses[status], labels: { backend: name, status } });
+  }
+  m.add('sticky_requests_total', 'Requests answered, by backend and status (backend "none" for answers of the proxy itself)', 'counter', requests);
+  m.histogram('sticky_request_duration_seconds', 'Time from request to response head, by backend', backends.map((b) => ({ h: b.stats.latency, labels: { backend: b.name } })));
+  m.histogram('sticky_backend_connect_seconds', 'Time to connect to a backend', backends.map((b) => ({ h: b.stats.connect, labels: { backend: b.name } })));
+  m.add('sticky_backend_bytes_in_total', 'Request body bytes sent to each backend', 'counter', series((b) => b.stats.bytesIn));
+  m.add('sticky_backend_bytes_out_total', 'Response bytes sent to clients from each backend', 'counter', series((b) => b.stats.bytesOut));
+  m.add('sticky_backend_retries_total', 'Requests retried elsewhere after a connection to this backend failed', 'counter', series((b) => b.stats.retries));
+  m.add('sticky_backend_connection_errors_total', 'Connections to each backend that failed before a response', 'counter', series((b) => b.stats.connectionErrors));
+  m.add('sticky_backend_ejections_total', 'Passive ejections of each backend', 'counter', series((b) => b.stats.ejections));
+  m.add('sticky_backend_health_check_failures_total', 'Failed active health checks', 'counter', series((b) => b.stats.healthFailures));
+  m.add('sticky_backend_queue_refused_total', 'Requests refused (503) because a backend\'s wait queue was full or timed out', 'counter', series((b) => b.stats.queueRefused));
+  m.add('sticky_backend_queue_depth', 'Requests waiting for a connection to each backend', 'gauge', series((b) => b.pool.queued), 'sum');
+  m.add('sticky_backend_up', 'Backend serves its sessions (1) or is down or disabled (0)', 'gauge', series((b) => (b.up ? 1 : 0)), 'max');
+  m.add('sticky_backend_state', 'Backend state, one series per state set to 1', 'gauge',
+    backends.flatMap((b) => STATES.map((s) => ({ value: b.state === s ? 1 : 0, labels: { backend: b.name, state: s } }))), 'max');
+  m.add('sticky_backend_active_requests', 'Requests in flight to each backend', 'gauge', series((b) => b.active), 'sum');
+  m.add('sticky_affinity_routes_total', 'Requests routed other than by a binding: fallback (store failed, rendezvous hashing), move (bound backend down), stale (by the near cache\'s memory)', 'counter', [
+    { value: l.fallbacks, labels: { route: 'fallback' } }, { value: l.moves, labels: { route: 'move' } }, { value: l.stale, labels: { route: 'stale' } },
+  ]);
+  m.add('sticky_affinity_lookups_total', 'Session lookups by outcome (hit, miss, store_failed); near-cache hits are hits', 'counter', [{ value: l.nearHits, labels: { outcome: 'hit' } }]);
+  m.add('sticky_near_cache_hits_total', 'Lookups answered by the near cache without the store', 'counter', [{ value: l.nearHits }]);
+  m.add('sticky_sessions_replaced_total', 'Bound requests answered with a new session id: affinity lost, or the app rotated the id', 'counter',
+    backends.map((b) => ({ value: l.replaced.get(b.name) ?? 0, labels: { backend: b.name } })));
+  m.add('sticky_client_errors_total', 'Requests refused by the proxy, by status (400, 408, 414, 431, 501, 505)', 'counter',
+    [400, 408, 414, 431, 501, 505].map((status) => ({ value: l.clientErrors[status], labels: { status } })));
+  m.add('sticky_client_aborts_total', 'Requests whose client went away before the answer was complete', 'counter', [{ value: l.clientAborts }]);
+  m.add('sticky_client_connections', 'Open client connections', 'gauge', [{ value: clients }]);
+  m.add('sticky_client_connections_refused_total', 'Connections refused over --max-connections', 'counter', [{ value: l.connectionsRefused }]);
+  m.histogram('sticky_worker_batch_size', 'Operations per affinity batch', [{ h: l.batchSize }]);
+  return m.out;
+}
+
+/** An affinity worker: answers scrapes from its event loop with its metrics. */
+export function serveWorkerMetrics(collect: () => MetricJson[]): void {
   const channel = new BroadcastChannel(CHANNEL);
   channel.unref();
   channel.onmessage = (event: unknown) => {
     const msg = (event as { data: { collect?: number } }).data;
-    if (msg.collect === undefined) return;
-    registry.getMetricsAsJSON().then((metrics) => channel.postMessage({ reply: msg.collect, threadId, metrics }));
+    if (msg.collect !== undefined) channel.postMessage({ reply: msg.collect, threadId, metrics: collect() });
   };
 }
 
-/** Sums this thread's metrics with those of `workers` worker threads, waiting up to `waitMs` for them. */
-export async function scrape(registry: Registry, workers: number, waitMs = 1000): Promise<{ contentType: string; text: string }> {
-  const own = await registry.getMetricsAsJSON();
-  const parts: MetricsJson[] = [own];
-  if (workers > 0) {
-    const channel = new BroadcastChannel(CHANNEL);
-    const id = Math.random();
-    await new Promise<void>((resolve) => {
-      const seen = new Set<number>();
-      const timer = setTimeout(resolve, waitMs);
-      channel.onmessage = (event: unknown) => {
-        const msg = (event as { data: { reply?: number; threadId: number; metrics: MetricsJson } }).data;
-        if (msg.reply !== id || seen.has(msg.threadId)) return;
-        seen.add(msg.threadId);
-        parts.push(msg.metrics);
-        if (seen.size >= workers) { clearTimeout(timer); resolve(); }
-      };
-      channel.postMessage({ collect: id });
-    });
-    channel.close();
-  }
-  const merged = AggregatorRegistry.aggregate(parts);
+/** Metrics of `workers` worker threads, waiting up to `waitMs` for them. */
+async function fromWorkers(workers: number, waitMs: number): Promise<MetricJson[][]> {
+  const parts: MetricJson[][] = [];
+  if (workers === 0) return parts;
+  const channel = new BroadcastChannel(CHANNEL);
+  const id = Math.random();
+  await new Promise<void>((resolve) => {
+    const seen = new Set<number>();
+    const timer = setTimeout(resolve, waitMs);
+    channel.onmessage = (event: unknown) => {
+      const msg = (event as { data: { reply?: number; threadId: number; metrics: MetricJson[] } }).data;
+      if (msg.reply !== id || seen.has(msg.threadId)) return;
+      seen.add(msg.threadId);
+      parts.push(msg.metrics);
+      if (seen.size >= workers) { clearTimeout(timer); resolve(); }
+    };
+    channel.postMessage({ collect: id });
+  });
+  channel.close();
+  return parts;
+}
+
+/**
+ * The scrape: `own` (this thread's parts), the workers' metrics, and the
+ * process metrics of `base` (prom-client's defaults and build info), summed.
+ */
+export async function scrape(own: MetricJson[][], workers: number, base: Registry, waitMs = 1000): Promise<{ contentType: string; text: string }> {
+  const { AggregatorRegistry } = await import('prom-client');
+  const parts = [await base.getMetricsAsJSON(), ...own, ...await fromWorkers(workers, waitMs)];
+  const merged = AggregatorRegistry.aggregate(parts as never);
   return { contentType: merged.contentType, text: await merged.metrics() };
 }
 
-/** The main thread's metrics: requests, latency, routing, workers, backends, clients. */
-export class ProxyMetrics {
-  readonly registry: Registry;
-  readonly requests: Counter<'backend' | 'status'>;
-  readonly latency: Histogram;
-  readonly fallbacks: Counter.Internal;
-  readonly moves: Counter.Internal;
-  readonly replaced: Counter<'backend'>;
-  readonly batchSize: Histogram;
-  readonly #children = new Map<string, Counter.Internal[]>();
-
-  /** Counts an answer; children are cached so the request path hashes no labels. */
-  answered(backend: string, status: number, seconds: number): void {
-    let byStatus = this.#children.get(backend);
-    if (byStatus === undefined) this.#children.set(backend, byStatus = []);
-    (byStatus[status] ??= this.requests.labels(backend, String(status))).inc();
-    this.latency.observe(seconds);
-  }
-
-  constructor(registry: Registry, gauges: {
-    queueDepth: () => number;
-    utilization: () => number;
-    backends: () => { name: string; up: boolean; active: number }[];
-    clients: () => number;
-  }) {
-    this.registry = registry;
-    const r = [registry];
-    this.requests = new Counter({ name: 'sticky_requests_total', help: 'Requests answered, by backend and status (backend "none" for answers of the proxy itself)', labelNames: ['backend', 'status'], registers: r });
-    this.latency = new Histogram({ name: 'sticky_request_duration_seconds', help: 'Time from request to response head', buckets: LATENCY_BUCKETS, registers: r });
-    const routing = new Counter({ name: 'sticky_affinity_routes_total', help: 'Requests routed other than by their binding: fallback (store failed, rendezvous hashing), move (bound backend down)', labelNames: ['route'], registers: r });
-    this.fallbacks = routing.labels('fallback');
-    this.moves = routing.labels('move');
-    this.replaced = new Counter({ name: 'sticky_sessions_replaced_total', help: 'Bound requests answered with a new session id: affinity lost, or the app rotated the id', labelNames: ['backend'], registers: r });
-    this.batchSize = new Histogram({ name: 'sticky_worker_batch_size', help: 'Operations per affinity batch', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], registers: r });
-    new Gauge({ name: 'sticky_worker_queue_depth', help: 'Affinity batches waiting for a worker', registers: r, aggregator: 'max', collect() { this.set(gauges.queueDepth()); } });
-    new Gauge({ name: 'sticky_worker_utilization', help: 'Share of time the affinity workers were busy, 0..1', registers: r, aggregator: 'max', collect() { this.set(gauges.utilization()); } });
-    new Gauge({
-      name: 'sticky_backend_up', help: 'Backend serves its sessions (1) or is down or disabled (0)', labelNames: ['backend'], registers: r, aggregator: 'max',
-      collect() { for (const b of gauges.backends()) this.set({ backend: b.name }, b.up ? 1 : 0); },
-    });
-    new Gauge({
-      name: 'sticky_backend_active_requests', help: 'Requests in flight to each backend', labelNames: ['backend'], registers: r, aggregator: 'max',
-      collect() { for (const b of gauges.backends()) this.set({ backend: b.name }, b.active); },
-    });
-    new Gauge({ name: 'sticky_client_connections', help: 'Open client connections', registers: r, aggregator: 'max', collect() { this.set(gauges.clients()); } });
-  }
+/** prom-client's process and runtime metrics (RSS, CPU, event-loop lag...) and a build-info metric. */
+export async function processRegistry(version: string): Promise<Registry> {
+  const { Registry: R, Gauge, collectDefaultMetrics } = await import('prom-client');
+  const registry = new R();
+  collectDefaultMetrics({ register: registry });
+  new Gauge({ name: 'sticky_build_info', help: 'Version of sticky-proxy and of Node.js, as labels', labelNames: ['version', 'node'], registers: [registry] })
+    .set({ version, node: process.version }, 1);
+  return registry;
 }

@@ -4,8 +4,7 @@
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Piscina } from 'piscina';
-import { Registry } from 'prom-client';
+import type { Piscina } from 'piscina';
 import { Affinity, type BatchRunner } from './affinity.ts';
 import { Acceptor } from './accept.ts';
 import { createAdmin } from './admin.ts';
@@ -14,24 +13,31 @@ import { createBalancer } from './balance.ts';
 import type { AffinityBatch, AffinityAnswer, ResolverSettings } from './batch.ts';
 import { ConfigError, type BackendConfig, type Config } from './config.ts';
 import type { ProxyContext } from './context.ts';
+import { SessionCookieNames } from './cookies.ts';
+import { Deadlines } from './deadlines.ts';
 import { Health } from './health.ts';
 import { silent, type Logger } from './log.ts';
-import { ProxyMetrics, ResolverMetrics } from './metrics.ts';
+import { loopMetrics, processRegistry, resolverMetrics, scrape, type MetricJson } from './metrics.ts';
+import { NearCache } from './near-cache.ts';
 import { Resolver, describeStore } from './resolver.ts';
-import { embeddedStoreBytes } from './store/embedded.ts';
+import { LoopStats, ResolverStats } from './stats.ts';
+import { MemcachedStore } from './store/memcached.ts';
+import { EmbeddedStore, embeddedStoreBytes } from './store/embedded.ts';
+import { VERSION } from './version.ts';
 
 const WORKER = new URL('../workers/affinity.ts', import.meta.url);
 
 // A worker's batches are mostly waiting on the store, so it works on many at once.
 const BATCHES_PER_WORKER = 32;
 
+
 class PoolRunner implements BatchRunner {
   readonly pool: Piscina<AffinityBatch, AffinityAnswer>;
   /** Settles once every worker has booted, so no first batch waits on a worker's start-up. */
   readonly ready: Promise<void>;
 
-  constructor(workers: number, settings: ResolverSettings, log: Logger) {
-    this.pool = new Piscina({
+  constructor(PiscinaClass: typeof Piscina, workers: number, settings: ResolverSettings, log: Logger) {
+    this.pool = new PiscinaClass({
       filename: WORKER.href,
       minThreads: workers,
       maxThreads: workers,
@@ -63,19 +69,19 @@ class PoolRunner implements BatchRunner {
 }
 
 class InlineRunner implements BatchRunner {
-  readonly #resolver: Resolver;
+  readonly resolver: Resolver;
   readonly ready = Promise.resolve();
 
   constructor(resolver: Resolver) {
-    this.#resolver = resolver;
+    this.resolver = resolver;
   }
 
   run(batch: AffinityBatch): Promise<AffinityAnswer> {
-    return this.#resolver.run(batch);
+    return this.resolver.run(batch);
   }
 
   close(): Promise<void> {
-    return this.#resolver.close();
+    return this.resolver.close();
   }
 }
 
@@ -88,7 +94,6 @@ function embeddedMemory(config: Config): SharedArrayBuffer | null {
 export class StickyProxy {
   readonly config: Config;
   readonly log: Logger;
-  readonly registry = new Registry();
   readonly backends: BackendSet;
   readonly affinity: Affinity;
   readonly health: Health;
@@ -96,12 +101,75 @@ export class StickyProxy {
   readonly ctx: ProxyContext;
   readonly storeDescription: string;
   readonly runner: BatchRunner;
-  readonly admin: Server | null;
+  readonly stats = new LoopStats();
+  readonly resolverStats: ResolverStats;
+  readonly deadlines: Deadlines;
+  admin: Server | null = null;
   listening = false;
 
-  private constructor(config: Config, log: Logger) {
+  private constructor(config: Config, log: Logger, settings: ResolverSettings, runner: BatchRunner, resolverStats: ResolverStats) {
     this.config = config;
     this.log = log;
+    this.runner = runner;
+    this.resolverStats = resolverStats;
+    const affinityOff = config.sessionCookies.length === 0;
+    this.storeDescription = affinityOff ? 'none (affinity off)' : runner instanceof InlineRunner ? runner.resolver.store.description : describeStore(settings);
+    // The coarsest resolution that still honours the shortest timeout closely.
+    const shortest = Math.min(config.clientHeaderTimeoutMs, config.upstreamHeaderTimeoutMs, config.upstreamConnectTimeoutMs, config.queueTimeoutMs);
+    this.deadlines = new Deadlines(Math.max(10, Math.min(250, Math.floor(shortest / 4))));
+    this.backends = new BackendSet(config.backends, {
+      connections: config.upstreamConnections,
+      connectTimeoutMs: config.upstreamConnectTimeoutMs,
+      idleTimeoutMs: config.upstreamIdleTimeoutMs,
+      queueMax: config.queueMax,
+      queueTimeoutMs: config.queueTimeoutMs,
+      ca: config.backendCaPem,
+    }, this.deadlines);
+    // A near cache only helps in front of a remote store; the embedded one is local memory already.
+    const near = config.memcache.length > 0 && !affinityOff
+      ? new NearCache(config.nearCacheEntries, config.nearCacheTtlMs, config.defaultTtl * 1000)
+      : null;
+    this.affinity = new Affinity({
+      batchMax: config.batchMax,
+      // The store has its own deadline; this one only catches a dead or stuck
+      // worker, with room for a busy machine's scheduling delays.
+      deadlineMs: config.storeTimeoutMs + 500,
+      defaultTtl: config.defaultTtl,
+      near,
+      local: settings.embedded === null || affinityOff ? null : new EmbeddedStore(settings.embedded),
+      stats: this.stats,
+      resolverStats: this.resolverStats,
+    }, runner);
+    this.health = new Health(this.backends, { ...config, ca: config.backendCaPem }, log);
+    this.ctx = {
+      affinity: this.affinity,
+      backends: this.backends,
+      balancer: createBalancer(config.balance, this.backends.list),
+      stats: this.stats,
+      health: this.health,
+      log,
+      access: config.accessLog ? log.child({ access: true }) : null,
+      names: new SessionCookieNames(config.sessionCookies, config.cookiePickLast),
+      defaultTtl: config.defaultTtl,
+      retries: config.retries,
+      adopt: config.adopt,
+      closing: false,
+      proto: config.tls === null ? 'http' : 'https',
+      forwarded: config.forwarded,
+      rewriteHost: config.rewriteHost,
+      limits: { maxHeadBytes: config.maxHeadBytes, maxHeaders: config.maxHeaders, maxUrlBytes: config.maxUrlBytes },
+      deadlines: this.deadlines,
+      clientHeaderTimeoutMs: config.clientHeaderTimeoutMs,
+      clientIdleTimeoutMs: config.clientIdleTimeoutMs,
+      clientBodyTimeoutMs: config.clientBodyTimeoutMs,
+      upstreamHeaderTimeoutMs: config.upstreamHeaderTimeoutMs,
+      upstreamBodyTimeoutMs: config.upstreamBodyTimeoutMs,
+      clients: new Set(),
+    };
+    this.acceptor = new Acceptor(this.ctx, config);
+  }
+
+  static async start(config: Config, log: Logger = silent): Promise<StickyProxy> {
     const settings: ResolverSettings = {
       sessionCookies: config.sessionCookies,
       defaultTtl: config.defaultTtl,
@@ -112,62 +180,38 @@ export class StickyProxy {
       learnQueue: config.learnQueue,
       embedded: embeddedMemory(config),
     };
-    const affinityOff = config.sessionCookies.length === 0;
-    const inline = config.workers === 0 || affinityOff ? new Resolver(settings, new ResolverMetrics(this.registry)) : null;
-    // Workers open their own store; the main thread only describes it.
-    this.storeDescription = affinityOff ? 'none (affinity off)' : inline?.store.description ?? describeStore(settings);
-    const pool = inline === null ? new PoolRunner(config.workers, settings, log) : null;
-    this.runner = pool ?? new InlineRunner(inline!);
-    this.backends = new BackendSet(config.backends, { ...config, ca: config.backendCaPem });
-    const metrics = new ProxyMetrics(this.registry, {
-      queueDepth: () => pool?.pool.queueSize ?? 0,
-      utilization: () => pool?.pool.utilization ?? 0,
-      backends: () => this.backends.list,
-      clients: () => this.acceptor.open,
-    });
-    this.affinity = new Affinity({
-      sessionCookies: config.sessionCookies,
-      batchMax: config.batchMax,
-      // The store has its own deadline; this one only catches a dead or stuck
-      // worker, with room for a busy machine's scheduling delays.
-      deadlineMs: config.storeTimeoutMs + 500,
-      onBatch: (size) => metrics.batchSize.observe(size),
-    }, this.runner);
-    this.health = new Health(this.backends, config, log);
-    this.ctx = {
-      affinity: this.affinity,
-      backends: this.backends,
-      balancer: createBalancer(config.balance, this.backends.list),
-      health: this.health,
-      log,
-      metrics,
-      access: config.accessLog ? log.child({ access: true }) : null,
-      sessionCookies: config.sessionCookies,
-      defaultTtl: config.defaultTtl,
-      retries: config.retries,
-      closing: false,
-      proto: config.tls === null ? 'http' : 'https',
-      forwarded: config.forwarded,
-      rewriteHost: config.rewriteHost,
-    };
-    this.acceptor = new Acceptor(this.ctx, config);
-    this.admin = config.admin === null ? null : createAdmin({
-      backends: this.backends,
-      registry: this.registry,
-      workers: pool === null ? 0 : config.workers,
-      listening: () => this.listening,
-      log,
-    });
-  }
-
-  static async start(config: Config, log: Logger = silent): Promise<StickyProxy> {
-    const proxy = new StickyProxy(config, log);
+    const resolverStats = new ResolverStats();
+    const inline = config.workers === 0 || config.sessionCookies.length === 0;
+    // piscina is loaded only when there are workers to run.
+    const runner = inline
+      ? new InlineRunner(new Resolver(settings, resolverStats))
+      : new PoolRunner((await import('piscina')).Piscina, config.workers, settings, log);
+    const proxy = new StickyProxy(config, log, settings, runner, resolverStats);
     await proxy.runner.ready;
     await listen('--listen', proxy.acceptor.listener, config.listenPort, config.listenHost);
-    if (proxy.admin !== null && config.admin !== null) await listen('--admin', proxy.admin, config.admin.port, config.admin.host);
+    if (config.admin !== null) {
+      // prom-client is loaded only when the admin API serves metrics.
+      const base = await processRegistry(VERSION);
+      proxy.admin = createAdmin({
+        backends: proxy.backends,
+        metrics: () => scrape(proxy.#metricParts(), inline ? 0 : config.workers, base),
+        listening: () => proxy.listening,
+        log,
+      });
+      await listen('--admin', proxy.admin, config.admin.port, config.admin.host);
+    }
     proxy.health.start();
     proxy.listening = true;
     return proxy;
+  }
+
+  #metricParts(): MetricJson[][] {
+    const store = this.runner instanceof InlineRunner ? this.runner.resolver.store : null;
+    return [
+      loopMetrics(this.stats, this.backends.list, this.ctx.clients.size),
+      // Lookups answered on this thread (inline, or the embedded store read directly) are counted here too.
+      resolverMetrics(this.resolverStats, store instanceof MemcachedStore ? { queued: store.queued, dropped: store.dropped } : null),
+    ];
   }
 
   get port(): number {
@@ -191,28 +235,31 @@ export class StickyProxy {
   }
 
   /**
-   * Stops accepting, lets in-flight requests finish (up to timeoutMs), closes
-   * idle keep-alive connections, flushes pending learns, and releases everything.
+   * Stops accepting, lets in-flight requests finish (up to timeoutMs) with
+   * Connection: close, closes idle keep-alive connections, flushes pending
+   * learns, and releases everything.
    */
   async close(timeoutMs = 0): Promise<void> {
-    this.ctx.closing = true;
+    const ctx = this.ctx;
+    ctx.closing = true;
     this.listening = false;
     this.acceptor.listener.close();
-    const http = this.acceptor.http;
     const deadline = Date.now() + timeoutMs;
-    while (this.acceptor.open > 0 && Date.now() < deadline) {
-      http.closeIdleConnections();
+    for (;;) {
+      for (const c of ctx.clients) if (c.idle) c.destroy();
+      if (ctx.clients.size === 0 || Date.now() >= deadline) break;
       await sleep(25);
     }
-    if (this.acceptor.open > 0) {
-      this.log.warn({ open: this.acceptor.open }, 'shutdown timeout: closing connections with requests in flight');
-      http.closeAllConnections();
+    if (ctx.clients.size > 0) {
+      this.log.warn({ open: ctx.clients.size }, 'shutdown timeout: closing connections with requests in flight');
+      for (const c of ctx.clients) c.destroy();
     }
     this.health.stop();
     this.admin?.close();
     this.admin?.closeAllConnections();
     await this.affinity.close();
-    await this.backends.close();
+    this.backends.close();
+    this.deadlines.stop();
   }
 }
 

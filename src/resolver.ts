@@ -1,12 +1,12 @@
 // Runs one affinity batch against the store: the part of the request path that
-// the worker threads own (or the main thread, with --workers 0). It parses the
-// cookies, looks bindings up, and applies what responses taught.
+// the worker threads own (or the event loop itself, with --workers 0). It looks
+// bindings up, parses what responses' Set-Cookie headers teach, and applies it.
 import { HIT, MISS, STORE_FAILED, type AffinityAnswer, type AffinityBatch, type ResolverSettings } from './batch.ts';
-import { requestSessionKeys, sessionKey, sessionSetCookie, type SessionCookie, type TtlRules } from './cookies.ts';
+import { sessionKey, sessionSetCookie, type SessionCookie, type TtlRules } from './cookies.ts';
 import type { AffinityStore } from './store/store.ts';
 import { EmbeddedStore } from './store/embedded.ts';
 import { MemcachedStore, memcachedDescription } from './store/memcached.ts';
-import type { ResolverMetrics } from './metrics.ts';
+import type { ResolverStats } from './stats.ts';
 
 function openStore(s: ResolverSettings): AffinityStore {
   if (s.embedded !== null) return new EmbeddedStore(s.embedded);
@@ -26,82 +26,96 @@ export class Resolver {
   readonly store: AffinityStore;
   readonly #names: readonly string[];
   readonly #rules: TtlRules;
-  readonly #m: ResolverMetrics;
-  // Shared failure counters: no closure per store operation.
-  readonly #setFailed: () => void;
-  readonly #deleteFailed: () => void;
+  readonly #s: ResolverStats;
 
-  constructor(settings: ResolverSettings, metrics: ResolverMetrics, store: AffinityStore = openStore(settings)) {
+  constructor(settings: ResolverSettings, stats: ResolverStats, store: AffinityStore = openStore(settings)) {
     this.store = store;
     this.#names = settings.sessionCookies;
     this.#rules = { defaultTtl: settings.defaultTtl, maxTtl: settings.maxTtl };
-    this.#m = metrics;
-    this.#setFailed = () => metrics.storeErrors.inc({ op: 'set' });
-    this.#deleteFailed = () => metrics.storeErrors.inc({ op: 'delete' });
-    if (store instanceof MemcachedStore) metrics.observeQueue(() => store.queued, () => store.dropped);
+    this.#s = stats;
   }
 
   async run(batch: AffinityBatch): Promise<AffinityAnswer> {
-    const n = batch.cookies.length;
+    const n = batch.lookups.length;
     const learns = batch.learnBackends.length;
-    const answer: AffinityAnswer = { outcomes: new Uint8Array(n), backends: new Array<string>(n), keys: new Array<string>(n), replaced: new Uint8Array(learns) };
+    const answer: AffinityAnswer = {
+      outcomes: new Uint8Array(n), backends: new Array<string>(n), keys: new Array<string>(n),
+      replaced: new Uint8Array(learns), learnt: new Array<string>(learns), cleared: new Array<string>(learns),
+    };
     const pending: Promise<void>[] = [];
     for (let i = 0; i < n; i++) {
       answer.backends[i] = '';
-      answer.keys[i] = '';
-      const keys = requestSessionKeys(batch.cookies[i], this.#names);
-      if (keys.length > 0) pending.push(this.#lookup(keys, i, answer));
+      const keys = batch.lookups[i];
+      const nl = keys.indexOf('\n');
+      answer.keys[i] = nl < 0 ? keys : keys.slice(0, nl);
+      pending.push(nl < 0 ? this.#lookupOne(keys, i, answer) : this.#lookupMany(keys.split('\n'), i, answer));
     }
     const now = Date.now();
-    for (let j = 0; j < learns; j++) {
-      if (this.#learn(batch.learnBackends[j], batch.learnSetCookies[j], batch.learnCookies[j], batch.learnBound[j], now, pending)) answer.replaced[j] = 1;
-    }
+    for (let j = 0; j < learns; j++) this.#learn(batch, j, now, answer, pending);
     for (let m = 0; m < batch.bindKeys.length; m++) {
       // The binding's lifetime is unknown here: it slides until the app's next Set-Cookie says.
-      this.#m.binds.inc();
+      if (batch.bindAdopt[m] === 1) this.#s.adopts++;
+      else this.#s.binds++;
       pending.push(this.store.set(batch.bindKeys[m], batch.bindBackends[m], this.#rules.defaultTtl, true).catch(this.#setFailed));
     }
     await Promise.all(pending);
     return answer;
   }
 
-  /** The first configured cookie whose id is bound wins. */
-  async #lookup(keys: string[], i: number, answer: AffinityAnswer): Promise<void> {
-    answer.keys[i] = keys[0];
-    const m = this.#m;
+  async #lookupOne(key: string, i: number, answer: AffinityAnswer): Promise<void> {
     const t0 = performance.now();
-    // Usually one session cookie; several are looked up together.
-    const results: (string | null | typeof FAILED)[] = keys.length === 1 ? [await this.#get(keys[0])] : await Promise.all(keys.map(this.#get));
-    m.storeGet.observe((performance.now() - t0) / 1000);
+    const backend = await this.#get(key);
+    this.#s.storeGet.observe((performance.now() - t0) / 1000);
+    this.#settle(backend === FAILED, backend === FAILED ? null : backend, key, i, answer);
+  }
+
+  /** The first configured cookie whose id is bound wins. */
+  async #lookupMany(keys: string[], i: number, answer: AffinityAnswer): Promise<void> {
+    const t0 = performance.now();
+    const results = await Promise.all(keys.map(this.#get));
+    this.#s.storeGet.observe((performance.now() - t0) / 1000);
     let failed = false;
     for (let k = 0; k < results.length; k++) {
       const backend = results[k];
-      if (backend === FAILED) {
-        failed = true;
-      } else if (backend !== null) {
-        answer.outcomes[i] = HIT;
-        answer.backends[i] = backend;
-        answer.keys[i] = keys[k];
-        m.hits.inc();
-        return;
-      }
+      if (backend === FAILED) failed = true;
+      else if (backend !== null) return this.#settle(false, backend, keys[k], i, answer);
     }
-    answer.outcomes[i] = failed ? STORE_FAILED : MISS;
-    (failed ? m.storeFailures : m.misses).inc();
+    this.#settle(failed, null, keys[0], i, answer);
+  }
+
+  #settle(failed: boolean, backend: string | null, key: string, i: number, answer: AffinityAnswer): void {
+    if (backend !== null) {
+      answer.outcomes[i] = HIT;
+      answer.backends[i] = backend;
+      answer.keys[i] = key;
+      this.#s.hits++;
+    } else if (failed) {
+      answer.outcomes[i] = STORE_FAILED;
+      this.#s.failures++;
+    } else {
+      answer.outcomes[i] = MISS;
+      this.#s.misses++;
+    }
   }
 
   readonly #get = (key: string): Promise<string | null | typeof FAILED> => this.store.get(key).catch(this.#getFailed);
   readonly #getFailed = (): typeof FAILED => {
-    this.#m.storeErrors.inc({ op: 'get' });
+    this.#s.getErrors++;
     return FAILED;
   };
+  readonly #setFailed = (): void => { this.#s.setErrors++; };
+  readonly #deleteFailed = (): void => { this.#s.deleteErrors++; };
 
-  /** Applies one response's session cookies; true when it replaced the id the request was bound by. */
-  #learn(backend: string, setCookies: string[], requestCookie: string, bound: string, now: number, pending: Promise<void>[]): boolean {
-    let replaced = false;
+  /** Applies one response's session cookies. */
+  #learn(batch: AffinityBatch, j: number, now: number, answer: AffinityAnswer, pending: Promise<void>[]): void {
+    const backend = batch.learnBackends[j];
+    const bound = batch.learnBound[j];
+    const sent = batch.learnSent[j];
+    let learnt = '';
+    let cleared = '';
     // When one name is set by several Set-Cookie headers, the last one counts.
     const last = new Map<string, SessionCookie>();
-    for (const value of setCookies) {
+    for (const value of batch.learnSetCookies[j]) {
       const sc = sessionSetCookie(value, this.#names, this.#rules, now);
       if (sc !== null) last.set(sc.name, sc);
     }
@@ -109,25 +123,42 @@ export class Resolver {
       if (sc.ttl > 0) {
         const key = sessionKey(sc.name, sc.id);
         // A new id for the cookie the request was bound by: the app lost or rotated the session.
-        if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) replaced = true;
-        this.#m.learns.inc();
+        if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) answer.replaced[j] = 1;
+        this.#s.learns++;
         pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(this.#setFailed));
+        learnt = learnt === '' ? key : `${learnt}\n${key}`;
         continue;
       }
-      // Clearing: the id the client sent is the one to forget (apps clear with an empty value).
-      const sent = requestSessionKeys(requestCookie, [sc.name]);
-      if (sent.length > 0) this.#unbind(sent[0], pending);
-      if (sc.id !== '' && sessionKey(sc.name, sc.id) !== sent[0]) this.#unbind(sessionKey(sc.name, sc.id), pending);
+      // Clearing: the id the client sent is the one to forget (apps clear with an empty value)...
+      const sentKey = keyFor(sent, sc.name);
+      if (sentKey !== '') {
+        this.#unbind(sentKey, pending);
+        cleared = cleared === '' ? sentKey : `${cleared}\n${sentKey}`;
+      }
+      // ...and the id the clearing cookie names, if any.
+      const named = sc.id === '' ? '' : sessionKey(sc.name, sc.id);
+      if (named !== '' && named !== sentKey) {
+        this.#unbind(named, pending);
+        cleared = cleared === '' ? named : `${cleared}\n${named}`;
+      }
     }
-    return replaced;
+    answer.learnt[j] = learnt;
+    answer.cleared[j] = cleared;
   }
 
   #unbind(key: string, pending: Promise<void>[]): void {
-    this.#m.unbinds.inc();
+    this.#s.unbinds++;
     pending.push(this.store.delete(key).catch(this.#deleteFailed));
   }
 
   close(): Promise<void> {
     return this.store.close();
   }
+}
+
+/** The key for cookie `name` among '\n'-joined keys, or ''. */
+function keyFor(keys: string, name: string): string {
+  if (keys === '') return '';
+  for (const k of keys.split('\n')) if (k.startsWith(name) && k.charCodeAt(name.length) === 58) return k;
+  return '';
 }

@@ -1,147 +1,89 @@
 // WebSocket and other HTTP/1.1 upgrades. They are routed with the same
-// affinity as plain requests (socket.io-style apps need it), then the two
-// sockets are piped both ways with backpressure; either side closing closes
-// the other. While a bound session's connection is open its binding is kept
-// fresh, so a session that lives on one WebSocket for hours keeps its backend.
-import type { IncomingMessage } from 'node:http';
-import type { Duplex } from 'node:stream';
-import type { Socket } from 'node:net';
-import type { Dispatcher } from 'undici';
-import type { LookupWaiter } from './affinity.ts';
+// affinity as plain requests (socket.io-style apps need it) and sent as
+// requests; a backend that declines (any answer but 101) answers as usual and
+// the client connection stays usable. After a 101 the two sockets are spliced
+// both ways with backpressure; either side closing closes the other. While a
+// bound session's tunnel is open its binding is kept fresh, so a session that
+// lives on one WebSocket for hours keeps its backend.
 import type { Backend } from './backends.ts';
-import { chooseBackend, type Route } from './balance.ts';
-import type { ProxyContext } from './context.ts';
-import { endToEnd, rawToStrings } from './headers.ts';
-import { upstreamHeaders } from './forward.ts';
+import type { ClientConnection } from './client.ts';
+import type { ConnectionUser, UpstreamConnection } from './upstream.ts';
 
-type Controller = Dispatcher.DispatchController;
+export class Tunnel implements ConnectionUser {
+  readonly client: ClientConnection;
+  readonly up: UpstreamConnection;
+  readonly backend: Backend;
+  readonly #refresh: NodeJS.Timeout | undefined;
+  #gone = false;
 
-function head(status: number, message: string, headers: readonly string[]): string {
-  let s = `HTTP/1.1 ${status} ${message}\r\n`;
-  for (let i = 0; i < headers.length; i += 2) s += `${headers[i]}: ${headers[i + 1]}\r\n`;
-  return `${s}\r\n`;
-}
-
-export class Upgrade implements Dispatcher.DispatchHandler, LookupWaiter {
-  readonly req: IncomingMessage;
-  readonly client: Socket;
-  readonly head: Buffer;
-  readonly ctx: ProxyContext;
-  readonly path: string;
-  readonly cookie: string;
-  boundKey = '';
-  route: Route = 'none';
-  backend: Backend | null = null;
-  upstream: Duplex | null = null;
-  refresh: NodeJS.Timeout | undefined;
-  closed = false;
-
-  constructor(req: IncomingMessage, client: Socket, head: Buffer, ctx: ProxyContext, path: string) {
-    this.req = req;
+  /** `head` is the 101 for the client; `rest`, bytes the backend sent after it. */
+  constructor(client: ClientConnection, up: UpstreamConnection, backend: Backend, boundKey: string, head: Buffer, rest: Buffer | null) {
     this.client = client;
-    this.head = head;
-    this.ctx = ctx;
-    this.path = path;
-    this.cookie = req.headers.cookie ?? '';
-    client.on('error', () => this.#close());
-    client.on('close', () => this.#close());
-  }
-
-  start(): void {
-    if (this.ctx.affinity.mayCarrySession(this.req.headers.cookie)) this.ctx.affinity.lookup(this.cookie, this);
-    else this.#dispatch(this.ctx.balancer.pick());
-  }
-
-  onAffinity(outcome: number, name: string, key: string): void {
-    if (!this.closed) this.#dispatch(chooseBackend(this.ctx, outcome, name, key, this.cookie, this));
-  }
-
-  #dispatch(backend: Backend | null): void {
-    if (backend === null) {
-      this.#refuse(503, 'Service Unavailable');
-      return;
-    }
+    this.up = up;
     this.backend = backend;
-    backend.active++;
-    backend.pool.dispatch({
-      path: this.path,
-      method: this.req.method as Dispatcher.HttpMethod,
-      // undici writes Connection: upgrade and Upgrade: <protocol> itself.
-      headers: upstreamHeaders(this.req, this.ctx, backend),
-      upgrade: this.req.headers.upgrade ?? 'websocket',
-    }, this);
-  }
-
-  onRequestStart(controller: Controller): void {
-    if (this.closed) controller.abort(new Error('client went away'));
-  }
-
-  onRequestUpgrade(controller: Controller, statusCode: number, _parsed: unknown, upstream: Duplex): void {
-    if (this.closed) {
-      upstream.destroy();
-      return;
+    up.user = this;
+    up.noDeadline();
+    client.cork();
+    client.write(head);
+    if (rest !== null) client.write(rest);
+    client.uncork();
+    if (boundKey !== '') {
+      const ctx = client.ctx;
+      const every = Math.max(1000, (ctx.defaultTtl * 1000) / 3);
+      this.#refresh = setInterval(() => ctx.affinity.bind(boundKey, backend.name, 'bind'), every);
+      this.#refresh.unref();
     }
-    this.upstream = upstream;
-    upstream.on('error', () => this.#close());
-    upstream.on('close', () => this.#close());
-    // The upgrade's own Connection and Upgrade headers must reach the client.
-    const headers = rawToStrings(controller.rawHeaders as Buffer[]);
-    this.client.write(head(statusCode, 'Switching Protocols', headers));
-    if (this.head.length > 0) upstream.write(this.head);
-    this.client.pipe(upstream);
-    upstream.pipe(this.client);
-    if (this.boundKey !== '') {
-      const every = Math.max(1000, (this.ctx.defaultTtl * 1000) / 3);
-      this.refresh = setInterval(() => this.ctx.affinity.bind(this.boundKey, this.backend!.name), every);
-      this.refresh.unref();
-    }
+    // What the client sent after its upgrade request belongs to the new protocol.
+    client.startTunnel(this);
   }
 
-  // The backend declined the upgrade: its answer is relayed, delimited by close.
-  onResponseStart(controller: Controller, statusCode: number, _parsed: unknown, statusMessage?: string): void {
-    if (statusCode < 200) return;
-    const headers = endToEnd(rawToStrings(controller.rawHeaders as Buffer[]));
-    headers.push('Connection', 'close');
-    this.client.write(head(statusCode, statusMessage ?? '', headers));
+  fromClient(chunk: Buffer): void {
+    this.backend.stats.bytesIn += chunk.length;
+    if (!this.up.socket.write(chunk)) this.client.bodyFlowing(false);
   }
 
-  onResponseData(controller: Controller, chunk: Buffer): void {
-    if (!this.client.write(chunk)) {
-      controller.pause();
-      this.client.once('drain', () => controller.resume());
-    }
+  upstreamData(chunk: Buffer): void {
+    this.backend.stats.bytesOut += chunk.length;
+    if (!this.client.write(chunk)) this.up.socket.pause();
   }
 
-  onResponseEnd(): void {
-    this.client.end();
-    this.#release();
+  upstreamDrained(): void {
+    this.client.bodyFlowing(true);
   }
 
-  onResponseError(_controller: Controller, err: Error): void {
-    const code = (err as { code?: string }).code ?? '';
-    this.ctx.log.warn({ backend: this.backend?.name, code }, 'upgrade failed');
-    if (this.upstream === null) this.#refuse(502, 'Bad Gateway');
-    else this.#close();
+  clientDrained(): void {
+    this.up.socket.resume();
   }
 
-  #refuse(status: number, reason: string): void {
-    this.#release();
-    if (this.client.writable) this.client.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+  /** Half-closes travel through: each side's FIN reaches the other. */
+  upstreamEnd(): void {
+    this.client.shutdownWrite();
   }
 
-  #close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    clearInterval(this.refresh);
+  clientEnd(): void {
+    this.up.socket.end();
+  }
+
+  upstreamClosed(): void {
+    this.#closed();
     this.client.destroy();
-    this.upstream?.destroy();
-    this.#release();
   }
 
-  #release(): void {
-    if (this.backend !== null) {
-      this.backend.active--;
-      this.backend = null;
-    }
+  clientClosed(): void {
+    this.#closed();
+    this.up.destroy();
+  }
+
+  /** Tunnels have no deadline of their own; one set elsewhere ends the tunnel. */
+  upstreamTimeout(): void {
+    this.clientClosed();
+    this.client.destroy();
+  }
+
+  #closed(): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    clearInterval(this.#refresh);
+    this.backend.active--;
   }
 }

@@ -3,11 +3,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Backend } from '../src/backends.ts';
 import { LeastConn, RandomTwo, RoundRobin } from '../src/balance.ts';
+import { Deadlines } from '../src/deadlines.ts';
 
-const UPSTREAM = { upstreamConnections: 1, upstreamConnectTimeoutMs: 1000, upstreamHeaderTimeoutMs: 1000, upstreamBodyTimeoutMs: 1000 };
+const UPSTREAM = { connections: 1, connectTimeoutMs: 1000, idleTimeoutMs: 1000, queueMax: 1, queueTimeoutMs: 1000, ca: null };
+const DEADLINES = new Deadlines(100);
 
 function backends(weights: number[]): Backend[] {
-  return weights.map((w, i) => new Backend({ name: `b${i}`, url: new URL(`http://127.0.0.1:${1000 + i}`), weight: w }, UPSTREAM));
+  return weights.map((w, i) => new Backend({ name: `b${i}`, url: new URL(`http://127.0.0.1:${1000 + i}`), weight: w }, UPSTREAM, DEADLINES));
 }
 
 function tally(pick: () => Backend | null, n: number): Record<string, number> {

@@ -1,6 +1,8 @@
 // HTTP hygiene through the real proxy: hop-by-hop headers, forwarding headers,
 // Host, Expect: 100-continue, bodiless answers, chunked bodies with trailers,
-// absolute-form targets, broken backend framing.
+// absolute-form targets, OPTIONS *, paths byte for byte, underscore names,
+// pipelining one at a time, upgrades declined, framing both ways, backend
+// connection reuse and its limits, broken backend framing.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer, type Server } from 'node:net';
@@ -13,7 +15,9 @@ import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
 let echo: Origin;
 let proxy: ProxyProcess;
 
-interface Seen { method: string; url: string; headers: string[]; body: string }
+interface Seen { method: string; url: string; headers: string[]; body: string; port: number }
+const arrived = new Map<string, number>();
+const answered = new Map<string, number>();
 
 before(async () => {
   echo = await startOrigin('echo', (req, res) => {
@@ -21,6 +25,9 @@ before(async () => {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const url = req.url!;
+      if (url === '/slow') { setTimeout(() => { answered.set(url, Date.now()); res.writeHead(200, { 'content-length': 4 }); res.end('slow'); }, 300); return; }
+      if (url === '/close-after') { res.writeHead(200, { connection: 'close', 'content-length': 2 }); res.end('ok'); return; }
+      if (url === '/http10') { res.writeHead(200, { 'content-type': 'text/plain' }); res.write('chunk one,'); res.end('chunk two'); return; }
       if (url === '/no-content') { res.writeHead(204, { 'x-backend': 'echo' }); res.end(); return; }
       if (url === '/not-modified') { res.writeHead(304, { etag: '"v1"' }); res.end(); return; }
       if (url === '/trailers') {
@@ -31,7 +38,8 @@ before(async () => {
         res.end();
         return;
       }
-      const seen: Seen = { method: req.method!, url, headers: req.rawHeaders, body: Buffer.concat(chunks).toString() };
+      arrived.set(url, Date.now());
+      const seen: Seen = { method: req.method!, url, headers: req.rawHeaders, body: Buffer.concat(chunks).toString(), port: req.socket.remotePort! };
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(seen));
     });
@@ -194,5 +202,76 @@ test('a backend answer with broken framing gives a 502 and the client connection
     await client.close();
     await p.stop();
     broken.close();
+  }
+});
+
+test('absolute-form: its authority becomes the Host sent upstream, and its path passes byte for byte', async () => {
+  const answer = await raw('GET http://shop.example:81/public/%2e%2e/p?x=1 HTTP/1.1\r\nHost: other.example\r\n\r\n');
+  const seen = JSON.parse(bodyOf(answer)) as Seen;
+  assert.equal(seen.url, '/public/%2e%2e/p?x=1');
+  assert.deepEqual(header(seen, 'host'), ['shop.example:81']);
+  assert.deepEqual(header(seen, 'x-forwarded-host'), ['shop.example:81']);
+  const origin = JSON.parse(bodyOf(await raw('GET /a/../b//c/%2E HTTP/1.1\r\nHost: x\r\n\r\n'))) as Seen;
+  assert.equal(origin.url, '/a/../b//c/%2E', 'origin-form is not normalised either');
+});
+
+test('Connection cannot remove Host or the body framing', async () => {
+  const answer = await raw('POST /conn HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nConnection: close, Host, Content-Length, X-Gone\r\nX-Gone: 1\r\n\r\nhello');
+  const seen = JSON.parse(bodyOf(answer)) as Seen;
+  assert.deepEqual(header(seen, 'host'), ['shop.example']);
+  assert.equal(seen.body, 'hello');
+  assert.deepEqual(header(seen, 'x-gone'), []);
+});
+
+test('OPTIONS * is forwarded', async () => {
+  const seen = JSON.parse(bodyOf(await raw('OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n'))) as Seen;
+  assert.equal(seen.method, 'OPTIONS');
+  assert.equal(seen.url, '*');
+});
+
+test('names with "_" that a CGI app reads as a guarded header are dropped; other names with "_" pass', async () => {
+  const seen = JSON.parse(bodyOf(await raw('GET /u HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Proto: https\r\nTransfer_Encoding: chunked\r\nContent_Length: 9\r\nX_Custom: kept\r\n\r\n'))) as Seen;
+  const names = seen.headers.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+  for (const gone of ['x_forwarded_for', 'x_forwarded_proto', 'transfer_encoding', 'content_length']) assert.ok(!names.includes(gone), gone);
+  assert.deepEqual(header(seen, 'x_custom'), ['kept']);
+  assert.deepEqual(header(seen, 'x-forwarded-for'), ['127.0.0.1']);
+});
+
+test('pipelined requests go upstream one at a time, in order', async () => {
+  const answer = await raw('GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /after-slow HTTP/1.1\r\nHost: x\r\n\r\n', 800);
+  assert.equal(answer.match(/HTTP\/1\.1 200 OK/g)?.length, 2);
+  assert.ok(answer.indexOf('slow') < answer.indexOf('/after-slow'), 'answers in order');
+  assert.ok(arrived.get('/after-slow')! >= answered.get('/slow')!, 'the second reached the origin only once the first was answered');
+});
+
+test('an upgrade the backend declines answers as usual, and the connection serves the next request', async () => {
+  const answer = await raw('POST /declined HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 4\r\n\r\nbodyGET /next HTTP/1.1\r\nHost: x\r\n\r\n');
+  const replies = answer.split(/(?=HTTP\/1\.1 )/);
+  assert.equal(replies.length, 2, answer);
+  const first = JSON.parse(bodyOf(replies[0])) as Seen;
+  assert.equal(first.body, 'body', 'the upgrade request\'s body is sent as its body');
+  assert.deepEqual(header(first, 'upgrade'), ['websocket']);
+  assert.equal((JSON.parse(bodyOf(replies[1])) as Seen).url, '/next');
+});
+
+test('an HTTP/1.0 client gets a chunked answer without chunked framing, delimited by close', async () => {
+  const answer = await raw('GET /http10 HTTP/1.0\r\n\r\n');
+  assert.match(answer, /^HTTP\/1\.1 200 /);
+  assert.doesNotMatch(answer, /transfer-encoding/i);
+  assert.match(answer, /Connection: close/);
+  assert.equal(answer.slice(answer.indexOf('\r\n\r\n') + 4), 'chunk one,chunk two');
+});
+
+test('kept-alive backend connections are reused, never after Connection: close', async () => {
+  const client = new Client(proxy.url, { pipelining: 0 });
+  try {
+    const ports: number[] = [];
+    for (let i = 0; i < 3; i++) ports.push((await (await client.request({ method: 'GET', path: '/reuse' })).body.json() as Seen).port);
+    assert.equal(new Set(ports).size, 1, 'one backend connection for three requests');
+    await (await client.request({ method: 'GET', path: '/close-after' })).body.text();
+    const after = (await (await client.request({ method: 'GET', path: '/reuse' })).body.json() as Seen).port;
+    assert.notEqual(after, ports[0], 'a connection the backend closed is not reused');
+  } finally {
+    await client.close();
   }
 });

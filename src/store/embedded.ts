@@ -74,6 +74,11 @@ export class EmbeddedStore implements AffinityStore {
   }
 
   get(key: string): Promise<string | null> {
+    return Promise.resolve(this.lookup(key));
+  }
+
+  /** The backend `key` is bound to, or null; synchronous, as the memory is this process's. */
+  lookup(key: string): string | null {
     const d = digest(key);
     const bucket = d[0] & this.#mask;
     const now = nowSeconds();
@@ -108,8 +113,8 @@ export class EmbeddedStore implements AffinityStore {
       break;
     }
     unlock(this.#locks, bucket, token);
-    if (len < 0) return Promise.resolve(null);
-    return Promise.resolve(String.fromCharCode.apply(null, nameScratch.subarray(0, len) as unknown as number[]));
+    if (len < 0) return null;
+    return String.fromCharCode.apply(null, nameScratch.subarray(0, len) as unknown as number[]);
   }
 
   set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void> {

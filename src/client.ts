@@ -1,0 +1,382 @@
+// One client connection: it reads request heads with the strict parser,
+// starts a Forward for each, feeds it the request body, and answers pipelined
+// requests one at a time, in order: bytes after a request wait until its
+// answer is complete (reading stops once READ_AHEAD bytes wait). Malformed
+// heads get their 4xx and a close, after the answers of the requests before
+// them. Its handlers are methods reached through the socket, not closures.
+import type { Socket } from 'node:net';
+import type { ProxyContext } from './context.ts';
+import { sessionKeys } from './cookies.ts';
+import type { Timed } from './deadlines.ts';
+import { Forward, type AccessFacts, type RequestFacts } from './forward.ts';
+import { upstreamHead } from './head.ts';
+import { K_COOKIE, RequestHead, parseRequestHead } from './http/request.ts';
+import { reply } from './replies.ts';
+import type { Tunnel } from './upgrade.ts';
+
+interface OwnedSocket extends Socket {
+  owner: ClientConnection;
+}
+
+const HEAD = 0;
+const ACTIVE = 1;
+const TUNNEL = 2;
+const CLOSING = 3;
+
+// Why reading is paused: the backend is not taking the body yet, or enough is read ahead.
+const PAUSE_BODY = 1;
+const PAUSE_AHEAD = 2;
+/** Bytes read beyond the request being served before reading stops. */
+const READ_AHEAD = 64 * 1024;
+/**
+ * After the proxy closes its side, what the client still sends is read and
+ * dropped for this long, so its unread bytes do not turn the close into a
+ * reset that could destroy the answer before the client reads it.
+ */
+const LINGER_MS = 2000;
+
+// One head is parsed at a time; its facts are taken before the next parse.
+let parsed: RequestHead | null = null;
+let cookieStarts = new Int32Array(8);
+let cookieEnds = new Int32Array(8);
+
+export class ClientConnection implements Timed {
+  readonly socket: OwnedSocket;
+  readonly ctx: ProxyContext;
+  forward: Forward | null = null;
+  tunnel: Tunnel | null = null;
+  deadline: number;
+  /** The client half-closed: answer what it asked, then close. */
+  ending = false;
+  #state = HEAD;
+  /** Received bytes not yet consumed: a partial head, or what follows the request being served. */
+  #rest: Buffer | null = null;
+  /** How far the partial head in #rest was validated already. */
+  #checked = 0;
+  #headTimer = false;
+  #pauses = 0;
+  #parsing = false;
+  #address: string | null = null;
+
+  constructor(socket: Socket, ctx: ProxyContext) {
+    this.ctx = ctx;
+    this.socket = socket as OwnedSocket;
+    this.socket.owner = this;
+    // A connection that says nothing is cut at the header timeout.
+    this.deadline = performance.now() + ctx.clientHeaderTimeoutMs;
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onClose);
+    socket.on('error', onError);
+    socket.on('drain', onDrain);
+    ctx.clients.add(this);
+    ctx.deadlines.add(this);
+  }
+
+  get address(): string {
+    return this.#address ??= this.socket.remoteAddress ?? '';
+  }
+
+  /** True while the client takes what is written without buffering beyond its high-water mark. */
+  get canWrite(): boolean {
+    return !this.socket.writableNeedDrain;
+  }
+
+  /** True while no request is in flight (shutdown closes such connections at once). */
+  get idle(): boolean {
+    return this.#state === HEAD && this.#rest === null;
+  }
+
+  write(b: Buffer): boolean {
+    if (this.socket.destroyed) return true;
+    return this.socket.write(b);
+  }
+
+  cork(): void {
+    this.socket.cork();
+  }
+
+  uncork(): void {
+    this.socket.uncork();
+  }
+
+  /** A tunnel's half-close: the client gets the backend's FIN; reading goes on. */
+  shutdownWrite(): void {
+    this.socket.end();
+  }
+
+  /** Closes after what is written, lingering a little to drain what the client still sends. */
+  end(): void {
+    if (this.#state === CLOSING) return;
+    this.#state = CLOSING;
+    this.#rest = null;
+    this.deadline = performance.now() + LINGER_MS;
+    this.#pause(PAUSE_BODY | PAUSE_AHEAD, false);
+    this.socket.end();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  /** Whether the request body may flow from the client now (false: the backend is full or not there yet). */
+  bodyFlowing(flowing: boolean): void {
+    this.#pause(PAUSE_BODY, !flowing);
+  }
+
+  #pause(reason: number, on: boolean): void {
+    const before = this.#pauses;
+    this.#pauses = on ? before | reason : before & ~reason;
+    if (before === 0 && this.#pauses !== 0) this.socket.pause();
+    else if (before !== 0 && this.#pauses === 0) this.socket.resume();
+  }
+
+  data(chunk: Buffer): void {
+    const state = this.#state;
+    if (state === TUNNEL) {
+      this.tunnel!.fromClient(chunk);
+      return;
+    }
+    if (state === CLOSING) return;
+    const f = this.forward;
+    if (f !== null) {
+      if (!f.bodyDone && !f.done) {
+        this.deadline = performance.now() + this.ctx.clientBodyTimeoutMs;
+        const end = f.clientBody(chunk, 0, chunk.length);
+        if (end < 0) {
+          f.badBody('malformed chunked body');
+          return;
+        }
+        if (f.bodyDone) this.deadline = Infinity;
+        if (end < chunk.length) this.#stash(chunk.subarray(end));
+      } else {
+        this.#stash(chunk);
+      }
+      return;
+    }
+    let buf = chunk;
+    if (this.#rest !== null) {
+      // Only a partial head is ever kept here while no request is in flight.
+      buf = Buffer.concat([this.#rest, chunk]);
+      this.#rest = null;
+    }
+    this.#parse(buf);
+  }
+
+  #stash(b: Buffer): void {
+    this.#rest = this.#rest === null ? b : Buffer.concat([this.#rest, b]);
+    if (this.#rest.length >= READ_AHEAD) this.#pause(PAUSE_AHEAD, true);
+  }
+
+  /** Parses and starts requests from buf, one at a time. */
+  #parse(buf: Buffer): void {
+    const ctx = this.ctx;
+    this.#parsing = true;
+    try {
+      let start = 0;
+      while (start < buf.length && this.#state === HEAD) {
+        const h = parsed ??= new RequestHead(ctx.limits.maxHeaders);
+        const r = parseRequestHead(h, buf, start, buf.length, ctx.limits, this.#checked);
+        if (r === 0) {
+          this.#rest = start === 0 ? buf : buf.subarray(start);
+          this.#checked = h.validEnd - start;
+          if (!this.#headTimer) {
+            this.#headTimer = true;
+            this.deadline = performance.now() + ctx.clientHeaderTimeoutMs;
+          }
+          return;
+        }
+        this.#checked = 0;
+        this.#headTimer = false;
+        if (r < 0) {
+          this.#refuse(-r, h.reason);
+          return;
+        }
+        const f = this.#begin(h);
+        this.forward = f;
+        this.#state = ACTIVE;
+        start = r;
+        if (!f.bodyDone) {
+          this.deadline = performance.now() + ctx.clientBodyTimeoutMs;
+          const end = f.clientBody(buf, start, buf.length);
+          if (end < 0) {
+            f.badBody('malformed chunked body');
+            return;
+          }
+          start = end;
+        }
+        this.deadline = f.bodyDone ? Infinity : this.deadline;
+        if (start < buf.length) this.#stash(buf.subarray(start));
+        f.start();
+        if (this.forward !== null || this.#state !== HEAD) return;
+        // Answered at once (a 503, say): go on with what follows.
+        if (this.#rest === null) return;
+        buf = this.#rest;
+        this.#rest = null;
+        start = 0;
+      }
+    } finally {
+      this.#parsing = false;
+    }
+  }
+
+  /** The parsed head becomes a Forward: facts kept, upstream head built, session keys found. */
+  #begin(h: RequestHead): Forward {
+    const ctx = this.ctx;
+    let keys = '';
+    if (h.cookies > 0 && ctx.names.bytes.length > 0) {
+      if (cookieStarts.length < h.cookies) {
+        cookieStarts = new Int32Array(h.cookies);
+        cookieEnds = new Int32Array(h.cookies);
+      }
+      let n = 0;
+      for (let i = 0; i < h.count; i++) {
+        if (h.kinds[i] !== K_COOKIE) continue;
+        cookieStarts[n] = h.lines[i * 5 + 2];
+        cookieEnds[n++] = h.lines[i * 5 + 3];
+      }
+      keys = sessionKeys(h.buf, cookieStarts, cookieEnds, n, ctx.names);
+    }
+    const upgrade = h.upgrade >= 0 && h.connUpgrade;
+    const req: RequestFacts = {
+      method: h.method,
+      idempotent: h.idempotent,
+      isHead: h.isHead,
+      minor: h.minor,
+      keepAlive: h.keepAlive,
+      upgrade,
+      expectContinue: h.expectContinue,
+      keys,
+      contentLength: h.contentLength,
+      chunked: h.chunked,
+    };
+    const built = upstreamHead(h, { clientAddress: this.address, proto: ctx.proto, forwarded: ctx.forwarded }, upgrade);
+    return new Forward(this, built, req, ctx.access === null ? null : accessFacts(h));
+  }
+
+  /** The Forward is over; `keep`: the connection goes on to the next request. */
+  forwardDone(f: Forward, keep: boolean): void {
+    if (this.forward !== f) return;
+    this.forward = null;
+    if (!keep || this.ctx.closing) {
+      this.end();
+      return;
+    }
+    this.#state = HEAD;
+    this.#pause(PAUSE_BODY | PAUSE_AHEAD, false);
+    const rest = this.#rest;
+    this.deadline = performance.now() + (rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
+    if (this.#parsing) return; // the parse loop that started it goes on
+    if (rest !== null) {
+      this.#rest = null;
+      this.#parse(rest);
+    } else if (this.ending) {
+      this.end();
+    }
+  }
+
+  startTunnel(t: Tunnel): void {
+    this.forward = null;
+    this.tunnel = t;
+    this.#state = TUNNEL;
+    this.deadline = Infinity;
+    this.#pause(PAUSE_BODY | PAUSE_AHEAD, false);
+    const rest = this.#rest;
+    this.#rest = null;
+    if (rest !== null) t.fromClient(rest);
+  }
+
+  /** A malformed or oversized head: its status, and the connection closes. */
+  #refuse(status: number, reason: string): void {
+    const ctx = this.ctx;
+    ctx.stats.clientErrors[status]++;
+    ctx.stats.none.statuses[status]++;
+    ctx.log.info({ status, reason, remote: this.address }, 'client error');
+    ctx.access?.info({ client: this.address, status, term: status === 408 ? 'client timeout' : 'client protocol error', reason });
+    this.#rest = null;
+    this.write(reply(status, true));
+    this.end();
+  }
+
+  expire(now: number): void {
+    this.deadline = Infinity;
+    if (this.#state === CLOSING) {
+      this.socket.destroy();
+      return;
+    }
+    if (this.#state === HEAD) {
+      if (this.#headTimer) this.#refuse(408, 'request head timeout');
+      else this.socket.destroy(); // idle keep-alive, or nothing ever sent
+      return;
+    }
+    const f = this.forward;
+    if (this.#state === ACTIVE && f !== null && !f.bodyDone) f.bodyTimedOut();
+    void now;
+  }
+
+  ended(): void {
+    this.ending = true;
+    if (this.#state === CLOSING) {
+      this.socket.destroy();
+      return;
+    }
+    if (this.#state === TUNNEL) {
+      this.tunnel!.clientEnd();
+      return;
+    }
+    const f = this.forward;
+    if (f !== null && !f.bodyDone) {
+      // The body was cut short: nothing sound can come of this request.
+      this.socket.destroy();
+      return;
+    }
+    if (f === null) this.end();
+  }
+
+  closed(): void {
+    this.#state = CLOSING;
+    this.deadline = Infinity;
+    this.ctx.clients.delete(this);
+    this.ctx.deadlines.delete(this);
+    const f = this.forward;
+    this.forward = null;
+    if (f !== null) f.abort();
+    this.tunnel?.clientClosed();
+  }
+
+  drained(): void {
+    if (this.tunnel !== null) this.tunnel.clientDrained();
+    else this.forward?.clientDrained();
+  }
+}
+
+function accessFacts(h: RequestHead): AccessFacts {
+  const buf = h.buf;
+  let end = h.pathStart;
+  while (end < h.targetEnd && buf[end] !== 63 /* ? */ && buf[end] !== 59 /* ; */) end++;
+  return {
+    host: h.host >= 0 ? h.value(h.host) : h.form === 1 ? buf.toString('latin1', h.authorityStart, h.authorityEnd) : '',
+    path: buf.toString('latin1', h.pathStart, end) || '/',
+    userAgent: h.userAgent >= 0 ? h.value(h.userAgent) : '',
+  };
+}
+
+function onData(this: OwnedSocket, chunk: Buffer): void {
+  this.owner.data(chunk);
+}
+
+function onEnd(this: OwnedSocket): void {
+  this.owner.ended();
+}
+
+function onClose(this: OwnedSocket): void {
+  this.owner.closed();
+}
+
+function onError(): void {
+  // The close that follows ends the connection's requests.
+}
+
+function onDrain(this: OwnedSocket): void {
+  this.owner.drained();
+}

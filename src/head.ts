@@ -1,0 +1,237 @@
+// Heads rewritten as bytes, at the proxy boundary. Header lines pass through
+// in their order and case, copied as runs of the received bytes; hop-by-hop
+// headers (Connection and the names it lists, Keep-Alive, Proxy-Connection,
+// TE, Trailer, Upgrade outside upgrades, Proxy-Authenticate/-Authorization)
+// are dropped both ways; framing is written by the proxy itself; the
+// forwarding headers (X-Forwarded-For/-Proto/-Host, Via, Forwarded) are
+// added. Each head is built in one Buffer.
+import {
+  ABSOLUTE_FORM, K_CONNECTION, K_CONTENT_LENGTH, K_COOKIE, K_DROP, K_EXPECT, K_FORWARDED, K_HOST, K_OTHER,
+  K_TRANSFER_ENCODING, K_UPGRADE, K_USER_AGENT, K_VIA, K_X_FORWARDED_FOR, type RequestHead,
+} from './http/request.ts';
+import { R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_TRANSFER_ENCODING, R_UPGRADE, R_VIA, type ResponseHead } from './http/response.ts';
+
+export const VIA = '1.1 sticky-proxy';
+const CRLF = '\r\n';
+
+/** What a request head needs from its connection and the proxy's settings. */
+export interface RequestHeadOptions {
+  /** The client's address, as X-Forwarded-For and Forwarded carry it. */
+  clientAddress: string;
+  /** 'http' or 'https': how the client reached us. */
+  proto: string;
+  forwarded: boolean;
+}
+
+/** Where the Host value sits in a built upstream head, for --rewrite-host. */
+export interface BuiltHead {
+  bytes: Buffer;
+  hostStart: number;
+  hostEnd: number;
+}
+
+/**
+ * The head sent upstream for `h`: HTTP/1.1 request line, end-to-end headers as
+ * received, Host first (the absolute-form authority replaces the client's
+ * Host), then X-Forwarded-*, Via, Forwarded, framing and the upgrade's own
+ * Connection/Upgrade. `upgrade` keeps the Upgrade header (a protocol switch).
+ */
+export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boolean): BuiltHead {
+  const buf = h.buf;
+  const L = h.lines;
+  const absolute = h.form === ABSOLUTE_FORM;
+  const pathStart = h.pathStart;
+  // An absolute-form target without a path (http://a.b?q) asks for "/".
+  const emptyPath = absolute && (pathStart === h.targetEnd || buf[pathStart] !== 47);
+  // Host: the absolute-form authority wins over any Host header (RFC 9112 section 3.2.2).
+  const hostStart = absolute ? h.authorityStart : h.host >= 0 ? L[h.host * 5 + 2] : 0;
+  const hostEnd = absolute ? h.authorityEnd : h.host >= 0 ? L[h.host * 5 + 3] : 0;
+  const clientHost = hostEnd > hostStart ? buf.toString('latin1', hostStart, hostEnd) : '';
+
+  // A list header named in Connection is dropped: the proxy then writes its own line.
+  const lastXff = h.lastXff >= 0 && keep(h, h.lastXff) ? h.lastXff : -1;
+  const lastVia = h.lastVia >= 0 && keep(h, h.lastVia) ? h.lastVia : -1;
+  const lastForwarded = o.forwarded && h.lastForwarded >= 0 && keep(h, h.lastForwarded) ? h.lastForwarded : -1;
+
+  // Size first, then one allocation.
+  let size = h.method.length + 1 + (h.targetEnd - pathStart) + (emptyPath ? 1 : 0) + 11;
+  size += 8 + (hostEnd - hostStart);
+  for (let i = 0; i < h.count; i++) if (keep(h, i)) size += L[i * 5 + 4] - L[i * 5];
+  size += lastXff >= 0 ? 2 + o.clientAddress.length : 17 + o.clientAddress.length + 2;
+  size += 19 + o.proto.length + 2;
+  if (clientHost !== '') size += 18 + clientHost.length + 2;
+  size += lastVia >= 0 ? 2 + VIA.length : 5 + VIA.length + 2;
+  let forwarded = '';
+  if (o.forwarded) {
+    const node = o.clientAddress.includes(':') ? `"[${o.clientAddress}]"` : o.clientAddress;
+    forwarded = `for=${node};proto=${o.proto}${clientHost !== '' ? `;host="${unquotable(clientHost)}"` : ''}`;
+    size += lastForwarded >= 0 ? 2 + forwarded.length : 11 + forwarded.length + 2;
+  }
+  if (h.chunked) size += 28;
+  let upgradeValue = '';
+  if (upgrade && h.upgrade >= 0) {
+    upgradeValue = h.value(h.upgrade);
+    size += 21 + 9 + upgradeValue.length + 2;
+  }
+  size += 2;
+
+  const out = Buffer.allocUnsafe(size);
+  let p = out.write(h.method, 0, 'latin1');
+  out[p++] = 32;
+  if (emptyPath) out[p++] = 47;
+  p += buf.copy(out, p, pathStart, h.targetEnd);
+  p += out.write(' HTTP/1.1\r\nHost: ', p, 'latin1');
+  const builtHostStart = p;
+  p += buf.copy(out, p, hostStart, hostEnd);
+  const builtHostEnd = p;
+  p += out.write(CRLF, p, 'latin1');
+  // Kept lines are copied as runs of consecutive received lines.
+  let run = -1;
+  let runEnd = -1;
+  for (let i = 0; i < h.count; i++) {
+    const ls = L[i * 5];
+    const le = L[i * 5 + 4];
+    const kept = keep(h, i);
+    const append = i === lastXff || i === lastVia || i === lastForwarded;
+    if (!kept || append) {
+      if (run >= 0) { p += buf.copy(out, p, run, runEnd); run = -1; }
+      if (!append) continue;
+      // The last line of a list header gets our element appended.
+      p += buf.copy(out, p, ls, L[i * 5 + 3]);
+      const extra = i === lastXff ? o.clientAddress : i === lastVia ? VIA : forwarded;
+      p += out.write(`, ${extra}\r\n`, p, 'latin1');
+      continue;
+    }
+    if (run < 0) run = ls;
+    else if (runEnd !== ls) { p += buf.copy(out, p, run, runEnd); run = ls; }
+    runEnd = le;
+  }
+  if (run >= 0) p += buf.copy(out, p, run, runEnd);
+  if (lastXff < 0) p += out.write(`X-Forwarded-For: ${o.clientAddress}\r\n`, p, 'latin1');
+  p += out.write(`X-Forwarded-Proto: ${o.proto}\r\n`, p, 'latin1');
+  if (clientHost !== '') p += out.write(`X-Forwarded-Host: ${clientHost}\r\n`, p, 'latin1');
+  if (lastVia < 0) p += out.write(`Via: ${VIA}\r\n`, p, 'latin1');
+  if (o.forwarded && lastForwarded < 0) p += out.write(`Forwarded: ${forwarded}\r\n`, p, 'latin1');
+  if (h.chunked) p += out.write('Transfer-Encoding: chunked\r\n', p, 'latin1');
+  if (upgradeValue !== '') p += out.write(`Connection: upgrade\r\nUpgrade: ${upgradeValue}\r\n`, p, 'latin1');
+  p += out.write(CRLF, p, 'latin1');
+  return { bytes: p === size ? out : out.subarray(0, p), hostStart: builtHostStart, hostEnd: builtHostEnd };
+}
+
+/** The built head with another Host value (--rewrite-host: the backend's host:port). */
+export function withHost(head: BuiltHead, host: string): Buffer {
+  const b = head.bytes;
+  const out = Buffer.allocUnsafe(b.length - (head.hostEnd - head.hostStart) + host.length);
+  let p = b.copy(out, 0, 0, head.hostStart);
+  p += out.write(host, p, 'latin1');
+  b.copy(out, p, head.hostEnd);
+  return out;
+}
+
+/** A Host value made safe inside a quoted-string: quotes and backslashes dropped. */
+function unquotable(host: string): string {
+  let out = '';
+  for (let i = 0; i < host.length; i++) {
+    const c = host.charCodeAt(i);
+    if (c !== 34 && c !== 92) out += host[i];
+  }
+  return out;
+}
+
+function keep(h: RequestHead, i: number): boolean {
+  switch (h.kinds[i]) {
+    case K_OTHER:
+    case K_COOKIE:
+    case K_USER_AGENT:
+    case K_CONTENT_LENGTH:
+    case K_X_FORWARDED_FOR:
+    case K_VIA:
+    case K_FORWARDED:
+      return h.connTokens === null || !named(h, i, h.connTokens);
+    case K_HOST: // written first, by the proxy
+    case K_TRANSFER_ENCODING: // re-framed
+    case K_CONNECTION:
+    case K_DROP:
+    case K_EXPECT: // answered by the proxy itself
+    case K_UPGRADE: // written by the proxy for an upgrade
+    default:
+      return false;
+  }
+}
+
+function named(h: RequestHead | ResponseHead, i: number, tokens: string[]): boolean {
+  for (let t = 0; t < tokens.length; t++) if (h.named(i, tokens[t])) return true;
+  return false;
+}
+
+/** How the client connection goes on after this answer. */
+export const CLIENT_KEEP = 0;
+/** An HTTP/1.0 client that asked for keep-alive. */
+export const CLIENT_KEEP_10 = 1;
+export const CLIENT_CLOSE = 2;
+
+/**
+ * The head sent to the client for a backend's response: HTTP/1.1 status line
+ * with the backend's status text, end-to-end headers as received, Via
+ * appended, the framing the proxy sends (`chunked` true: chunked), and the
+ * client connection's fate. A 101 keeps its Connection and Upgrade.
+ */
+export function clientHead(r: ResponseHead, chunked: boolean, connection: number): Buffer {
+  const buf = r.buf;
+  const L = r.lines;
+  const switching = r.status === 101;
+  let size = 9 + (r.statusEnd - r.statusStart) + 2;
+  for (let i = 0; i < r.count; i++) if (keepResponse(r, i, switching)) size += L[i * 5 + 4] - L[i * 5];
+  const lastVia = r.lastVia >= 0 && keepResponse(r, r.lastVia, switching) ? r.lastVia : -1;
+  size += lastVia >= 0 ? 2 + VIA.length : 5 + VIA.length + 2;
+  if (chunked) size += 28;
+  if (switching) size += 21;
+  else if (connection === CLIENT_CLOSE) size += 19;
+  else if (connection === CLIENT_KEEP_10) size += 24;
+  size += 2;
+  const out = Buffer.allocUnsafe(size);
+  let p = out.write('HTTP/1.1 ', 0, 'latin1');
+  p += buf.copy(out, p, r.statusStart, r.statusEnd);
+  p += out.write(CRLF, p, 'latin1');
+  let run = -1;
+  let runEnd = -1;
+  for (let i = 0; i < r.count; i++) {
+    const ls = L[i * 5];
+    const le = L[i * 5 + 4];
+    const kept = keepResponse(r, i, switching);
+    const via = i === lastVia;
+    if (via || !kept) {
+      if (run >= 0) { p += buf.copy(out, p, run, runEnd); run = -1; }
+      if (!via) continue;
+      p += buf.copy(out, p, ls, L[i * 5 + 3]);
+      p += out.write(`, ${VIA}\r\n`, p, 'latin1');
+      continue;
+    }
+    if (run < 0) run = ls;
+    else if (runEnd !== ls) { p += buf.copy(out, p, run, runEnd); run = ls; }
+    runEnd = le;
+  }
+  if (run >= 0) p += buf.copy(out, p, run, runEnd);
+  if (lastVia < 0) p += out.write(`Via: ${VIA}\r\n`, p, 'latin1');
+  if (chunked) p += out.write('Transfer-Encoding: chunked\r\n', p, 'latin1');
+  if (switching) p += out.write('Connection: upgrade\r\n', p, 'latin1');
+  else if (connection === CLIENT_CLOSE) p += out.write('Connection: close\r\n', p, 'latin1');
+  else if (connection === CLIENT_KEEP_10) p += out.write('Connection: keep-alive\r\n', p, 'latin1');
+  p += out.write(CRLF, p, 'latin1');
+  return p === size ? out : out.subarray(0, p);
+}
+
+function keepResponse(r: ResponseHead, i: number, switching: boolean): boolean {
+  switch (r.kinds[i]) {
+    case R_CONNECTION:
+    case R_DROP:
+    case R_TRANSFER_ENCODING:
+      return false;
+    case R_UPGRADE:
+      return switching;
+    case R_CONTENT_LENGTH:
+    case R_VIA:
+    default:
+      return r.connTokens === null || !named(r, i, r.connTokens);
+  }
+}

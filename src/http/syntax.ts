@@ -1,0 +1,71 @@
+// Byte classes of HTTP/1.1 (RFC 9110 section 5.6, RFC 9112), as lookup tables
+// so the parsers test a byte with one indexed load.
+
+/** tchar: the bytes of a token (method, header name, chunk extension name). */
+export const TOKEN = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~") TOKEN[c.charCodeAt(0)] = 1;
+for (let c = 0x30; c <= 0x39; c++) TOKEN[c] = 1;
+for (let c = 0x41; c <= 0x5a; c++) TOKEN[c] = 1;
+for (let c = 0x61; c <= 0x7a; c++) TOKEN[c] = 1;
+
+/** field-value bytes: HTAB, SP, VCHAR, obs-text. Everything else (CTL, NUL, DEL, CR, LF) is refused. */
+export const VALUE = new Uint8Array(256);
+VALUE[0x09] = 1;
+for (let c = 0x20; c <= 0x7e; c++) VALUE[c] = 1;
+for (let c = 0x80; c <= 0xff; c++) VALUE[c] = 1;
+
+/** request-target bytes: visible ASCII only (no space, no CTL, no obs-text). */
+export const TARGET = new Uint8Array(256);
+for (let c = 0x21; c <= 0x7e; c++) TARGET[c] = 1;
+
+/** Hex digit values, -1 for anything else. */
+export const HEX = new Int8Array(256).fill(-1);
+for (let c = 0; c <= 9; c++) HEX[0x30 + c] = c;
+for (let c = 0; c < 6; c++) { HEX[0x41 + c] = 10 + c; HEX[0x61 + c] = 10 + c; }
+
+export const CR = 13;
+export const LF = 10;
+export const SP = 32;
+export const HTAB = 9;
+export const COLON = 58;
+
+/** ASCII lower case of a byte. */
+export function lower(c: number): number {
+  return c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
+}
+
+/** True when buf[start, start+name.length) equals `name` (lower case ASCII) ignoring case. */
+export function equalsLower(buf: Uint8Array, start: number, end: number, name: Uint8Array): boolean {
+  if (end - start !== name.length) return false;
+  for (let i = 0; i < name.length; i++) if (lower(buf[start + i]) !== name[i]) return false;
+  return true;
+}
+
+/** Bytes of an ASCII string, for comparisons against received bytes. */
+export function ascii(s: string): Buffer {
+  return Buffer.from(s, 'latin1');
+}
+
+/** Skips optional whitespace (SP, HTAB) forwards. */
+export function skipOws(buf: Uint8Array, i: number, end: number): number {
+  while (i < end && (buf[i] === SP || buf[i] === HTAB)) i++;
+  return i;
+}
+
+/** Skips optional whitespace backwards: returns the end of the trimmed range. */
+export function trimOwsEnd(buf: Uint8Array, start: number, end: number): number {
+  while (end > start && (buf[end - 1] === SP || buf[end - 1] === HTAB)) end--;
+  return end;
+}
+
+/** A decimal Content-Length: digits only, no sign, no list; -1 when invalid or beyond 2^53. */
+export function parseLength(buf: Uint8Array, start: number, end: number): number {
+  if (start === end || end - start > 15) return -1;
+  let n = 0;
+  for (let i = start; i < end; i++) {
+    const d = buf[i] - 0x30;
+    if (d < 0 || d > 9) return -1;
+    n = n * 10 + d;
+  }
+  return n;
+}
