@@ -12,6 +12,9 @@ import { MAX_RELATIVE_EXPTIME, exptimeForTtl, isValidExptime } from '../src/memc
 import { HashRing } from '../src/memcache/ring.ts';
 import { parseAddress } from '../src/memcache/server.ts';
 
+// Every test has its own deadline, so a hang fails fast instead of stalling the run.
+const timeout = 20_000;
+
 interface Decoded { magic: number; opcode: number; status: number; opaque: number; extras: Buffer; key: string; value: Buffer }
 
 function snapshot(f: Frame): Decoded {
@@ -58,7 +61,7 @@ function sampleRequests(): { bytes: Buffer; expected: Decoded[] } {
   };
 }
 
-test('codec: header layout matches the binary protocol spec', () => {
+test('codec: header layout matches the binary protocol spec', { timeout }, () => {
   const b = Buffer.alloc(64);
   const end = encodeKeyOnly(b, 0, Op.GETKQ, 0x01020304, 'key');
   assert.equal(end, HEADER_SIZE + 3);
@@ -69,12 +72,12 @@ test('codec: header layout matches the binary protocol spec', () => {
   assert.equal(b.toString('latin1', HEADER_SIZE, end), 'key');
 });
 
-test('codec: encode/decode round trip', () => {
+test('codec: encode/decode round trip', { timeout }, () => {
   const { bytes, expected } = sampleRequests();
   assert.deepEqual(parseAll([bytes]), expected);
 });
 
-test('codec: incremental parse gives the same frames split at every byte boundary', () => {
+test('codec: incremental parse gives the same frames split at every byte boundary', { timeout }, () => {
   const { bytes, expected } = sampleRequests();
   for (let i = 0; i <= bytes.length; i++) {
     assert.deepEqual(parseAll([bytes.subarray(0, i), bytes.subarray(i)]), expected, `split at ${i}`);
@@ -83,7 +86,7 @@ test('codec: incremental parse gives the same frames split at every byte boundar
   assert.deepEqual(parseAll([...bytes].map((x) => Buffer.from([x]))), expected);
 });
 
-test('codec: random splits of random responses (property)', () => {
+test('codec: random splits of random responses (property)', { timeout }, () => {
   const frame = fc.record({
     opcode: fc.constantFrom(Op.GETKQ, Op.GATKQ, Op.NOOP, Op.TOUCH),
     status: fc.constantFrom(Status.OK, Status.KEY_NOT_FOUND, Status.OUT_OF_MEMORY),
@@ -120,18 +123,18 @@ test('codec: random splits of random responses (property)', () => {
   }));
 });
 
-test('codec: a bad magic byte is a protocol error', () => {
+test('codec: a bad magic byte is a protocol error', { timeout }, () => {
   const p = new FrameParser(() => {});
   assert.throws(() => p.feed(Buffer.from('VALUE foo 0 3\r\nbar\r\nEND\r\n')), ProtocolError);
 });
 
-test('keys: valid keys pass through with the prefix', () => {
+test('keys: valid keys pass through with the prefix', { timeout }, () => {
   assert.equal(memcacheKey('', 'session:abc'), 'session:abc');
   assert.equal(memcacheKey('sp:', 'session:abc'), 'sp:session:abc');
   assert.equal(memcacheKey('', 'k'.repeat(MAX_KEY_LENGTH)), 'k'.repeat(MAX_KEY_LENGTH));
 });
 
-test('keys: keys memcached would reject are hashed, deterministically and distinctly', () => {
+test('keys: keys memcached would reject are hashed, deterministically and distinctly', { timeout }, () => {
   const bad = ['k'.repeat(251), 'has space', 'tab\t', 'nl\n', 'ctl\x01', 'del\x7f', 'ünïcode', '日本', '', '#starts-with-hash'];
   const mapped = bad.map((k) => memcacheKey('p:', k));
   for (const [i, m] of mapped.entries()) {
@@ -143,14 +146,14 @@ test('keys: keys memcached would reject are hashed, deterministically and distin
   assert.match(memcacheKey('pre:', 'k'.repeat(248)), /^pre:#/);
 });
 
-test('keys: prefixes that cannot start a valid key are refused', () => {
+test('keys: prefixes that cannot start a valid key are refused', { timeout }, () => {
   assert.throws(() => validatePrefix('a b'));
   assert.throws(() => validatePrefix('x'.repeat(207)));
   validatePrefix('x'.repeat(206));
   assert.equal(memcacheKey('x'.repeat(206), '\u0000').length, MAX_KEY_LENGTH);
 });
 
-test('expiry: relative up to 30 days, absolute beyond', () => {
+test('expiry: relative up to 30 days, absolute beyond', { timeout }, () => {
   assert.equal(MAX_RELATIVE_EXPTIME, 2592000);
   const now = 1_700_000_000_000;
   assert.equal(exptimeForTtl(60, now), 60);
@@ -162,7 +165,7 @@ test('expiry: relative up to 30 days, absolute beyond', () => {
   assert.ok(!isValidExptime(-1) && !isValidExptime(1.5) && !isValidExptime(2 ** 32) && !isValidExptime(NaN));
 });
 
-test('ring: keys spread evenly; removing or adding a server moves about 1/N, only where needed', () => {
+test('ring: keys spread evenly; removing or adding a server moves about 1/N, only where needed', { timeout }, () => {
   const servers = ['10.0.0.1:11211', '10.0.0.2:11211', '10.0.0.3:11211'];
   const keys = Array.from({ length: 30000 }, (_, i) => `session:${i}`);
   const three = new HashRing(servers);
@@ -194,7 +197,7 @@ test('ring: keys spread evenly; removing or adding a server moves about 1/N, onl
   assert.ok(gained / keys.length > 0.17 && gained / keys.length < 0.33, `gained ${gained}`);
 });
 
-test('server addresses: host:port, IPv6 in brackets', () => {
+test('server addresses: host:port, IPv6 in brackets', { timeout }, () => {
   assert.deepEqual(parseAddress('127.0.0.1:11211'), { host: '127.0.0.1', port: 11211 });
   assert.deepEqual(parseAddress('cache.internal:1'), { host: 'cache.internal', port: 1 });
   assert.deepEqual(parseAddress('[::1]:11211'), { host: '::1', port: 11211 });

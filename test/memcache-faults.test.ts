@@ -13,6 +13,8 @@ import { freePort, startMemcached, type Memcached } from './helpers/memcached.ts
 import { MemcacheClient, type MemcacheError } from '../src/memcache/client.ts';
 import { FrameParser, HEADER_SIZE, MAGIC_REQUEST, MAGIC_RESPONSE, Op, writeHeader } from '../src/memcache/codec.ts';
 
+// Every test and hook has its own deadline, so a hang fails fast instead of stalling the run.
+const timeout = 20_000;
 const unhandled: unknown[] = [];
 process.on('unhandledRejection', (err) => unhandled.push(err));
 
@@ -20,7 +22,7 @@ const cleanup: Array<() => Promise<void>> = [];
 after(async () => {
   for (const f of cleanup.reverse()) await f();
   assert.deepEqual(unhandled, []);
-});
+}, { timeout });
 
 async function memcached(): Promise<Memcached> {
   const m = await startMemcached();
@@ -107,7 +109,7 @@ function noopAnswerer(onGet?: (sock: Socket, req: Req, seen: Req[]) => void) {
 
 const longDeadlines = { timeoutMs: 5000, writeTimeoutMs: 5000 };
 
-test('batching on the wire: one tick of gets is GETKQs closed by one NOOP, split at maxBatch', async () => {
+test('batching on the wire: one tick of gets is GETKQs closed by one NOOP, split at maxBatch', { timeout }, async () => {
   const peer = await rawPeer(noopAnswerer());
   const c = client({ servers: [peer.address], maxBatch: 30, ...longDeadlines });
   await until('handshake', async () => peer.seen.length > 0, 2000);
@@ -121,7 +123,7 @@ test('batching on the wire: one tick of gets is GETKQs closed by one NOOP, split
   assert.deepEqual(peer.seen.filter((r) => r.opcode === Op.GETKQ).map((r) => r.key), Array.from({ length: 100 }, (_, i) => `k${i}`));
 });
 
-test('a peer that closes cleanly mid-batch: answered ops resolve, the rest fail at once', async () => {
+test('a peer that closes cleanly mid-batch: answered ops resolve, the rest fail at once', { timeout }, async () => {
   const peer = await rawPeer(noopAnswerer((sock, req, seen) => {
     if (seen.filter((r) => r.opcode === Op.GETKQ).length === 1) sock.write(response(Op.GETKQ, req.opaque, 0, 'first', 3));
     else if (req.key === 'k4') sock.end(); // FIN after reading half the batch
@@ -134,7 +136,7 @@ test('a peer that closes cleanly mid-batch: answered ops resolve, the rest fail 
 });
 
 for (const ending of ['silence', 'FIN', 'RST'] as const) {
-  test(`half a reply, then ${ending}: every op settles`, async () => {
+  test(`half a reply, then ${ending}: every op settles`, { timeout }, async () => {
     const peer = await rawPeer(noopAnswerer((sock, req) => {
       if (req.key !== 'k0') return;
       const hit = response(Op.GETKQ, req.opaque, 0, 'x'.repeat(100));
@@ -156,7 +158,7 @@ for (const ending of ['silence', 'FIN', 'RST'] as const) {
   });
 }
 
-test('a peer sending garbage: protocol error, then a fresh connection', async () => {
+test('a peer sending garbage: protocol error, then a fresh connection', { timeout }, async () => {
   let garbage = true;
   const peer = await rawPeer(noopAnswerer((sock, req) => {
     if (garbage && req.key === 'bad') { garbage = false; sock.write('SERVER_ERROR nonsense\r\n'); }
@@ -167,7 +169,7 @@ test('a peer sending garbage: protocol error, then a fresh connection', async ()
   await until('reconnected', answers(c, 'again'), 3000);
 });
 
-test('memcached killed with kill -9 mid-batch: every op settles at once; restarted: the client reconnects by itself', async () => {
+test('memcached killed with kill -9 mid-batch: every op settles at once; restarted: the client reconnects by itself', { timeout }, async () => {
   const mc = await memcached();
   const c = client({ servers: [mc.address], ...longDeadlines, probeIntervalMs: 100 });
   await c.set('kill:seed', 'v', 0);
@@ -187,7 +189,7 @@ test('memcached killed with kill -9 mid-batch: every op settles at once; restart
   assert.equal((await c.get('kill:after'))?.value.toString(), 'back');
 });
 
-test('memcached frozen with SIGSTOP: deadlines fire, the server is marked down, service resumes after SIGCONT', async () => {
+test('memcached frozen with SIGSTOP: deadlines fire, the server is marked down, service resumes after SIGCONT', { timeout }, async () => {
   const mc = await memcached();
   const c = client({ servers: [mc.address], timeoutMs: 150, writeTimeoutMs: 300, connectTimeoutMs: 300, probeIntervalMs: 100, downAfterFailures: 3 });
   await c.set('frozen', 'v', 0);
@@ -207,7 +209,7 @@ test('memcached frozen with SIGSTOP: deadlines fire, the server is marked down, 
   assert.equal(c.isDown('frozen'), false);
 });
 
-test('down-marking: refused connections mark the server down, ops fail fast, a probe brings it back', async () => {
+test('down-marking: refused connections mark the server down, ops fail fast, a probe brings it back', { timeout }, async () => {
   const mc = await memcached();
   const c = client({ servers: [mc.address], ...longDeadlines, backoffBaseMs: 20, probeIntervalMs: 100, downAfterFailures: 3 });
   await c.set('down:k', 'v', 0);
@@ -222,7 +224,7 @@ test('down-marking: refused connections mark the server down, ops fail fast, a p
   assert.equal((await c.get('down:k'))?.value.toString(), 'again');
 });
 
-test('close() ends every socket and timer: a process using the client exits by itself', async () => {
+test('close() ends every socket and timer: a process using the client exits by itself', { timeout }, async () => {
   const mc = await memcached();
   const dead = `127.0.0.1:${await freePort()}`; // nothing listens: reconnects, then probes
   const clientUrl = new URL('../src/memcache/client.ts', import.meta.url).href;

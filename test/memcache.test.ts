@@ -7,6 +7,8 @@ import memjs from 'memjs';
 import { startMemcached, type Memcached } from './helpers/memcached.ts';
 import { MemcacheClient, MemcacheError, memcacheKey } from '../src/memcache/client.ts';
 
+// Every test and hook has its own deadline, so a hang fails fast instead of stalling the run.
+const timeout = 20_000;
 const unhandled: unknown[] = [];
 process.on('unhandledRejection', (err) => unhandled.push(err));
 
@@ -17,15 +19,15 @@ const extra: Memcached[] = [];
 before(async () => {
   mc = await startMemcached();
   client = new MemcacheClient({ servers: [mc.address], keyPrefix: 't:', timeoutMs: 2000, writeTimeoutMs: 2000 });
-});
+}, { timeout });
 
 after(async () => {
   await client.close();
   await Promise.all([mc, ...extra].map((m) => m.stop()));
   assert.deepEqual(unhandled, []);
-});
+}, { timeout });
 
-test('hits and misses mixed in one batch', async () => {
+test('hits and misses mixed in one batch', { timeout }, async () => {
   await Promise.all(Array.from({ length: 50 }, (_, i) => client.set(`mix:${i}`, `v${i}`, 0, i)));
   // Issued in one tick: one batch of GETKQs closed by one NOOP.
   const got = await Promise.all(Array.from({ length: 100 }, (_, i) => client.get(`mix:${i}`)));
@@ -35,7 +37,7 @@ test('hits and misses mixed in one batch', async () => {
   });
 });
 
-test('set, get, gat, touch, delete semantics', async () => {
+test('set, get, gat, touch, delete semantics', { timeout }, async () => {
   await client.set('sem', Buffer.from([1, 2, 3]), 0, 0xffffffff);
   assert.deepEqual(await client.get('sem'), { value: Buffer.from([1, 2, 3]), flags: 0xffffffff });
   assert.deepEqual(await client.gat('sem', 100), { value: Buffer.from([1, 2, 3]), flags: 0xffffffff });
@@ -51,7 +53,7 @@ test('set, get, gat, touch, delete semantics', async () => {
   assert.equal((await client.get('sem:utf8'))?.value.toString(), 'sœur');
 });
 
-test('invalid and over-long keys in the middle of a batch: the others still answer', async () => {
+test('invalid and over-long keys in the middle of a batch: the others still answer', { timeout }, async () => {
   const keys = ['ok:1', 'k'.repeat(300), 'has space', 'ctl\x01', 'del\x7f', 'ünïcode', '', '#x', 'ok:2'];
   await Promise.all(keys.map((k, i) => client.set(k, `value ${i}`, 0)));
   const got = await Promise.all(keys.map((k) => client.get(k)));
@@ -66,7 +68,7 @@ test('invalid and over-long keys in the middle of a batch: the others still answ
   }
 });
 
-test('a server error for one op (value too large) does not disturb its batch', async () => {
+test('a server error for one op (value too large) does not disturb its batch', { timeout }, async () => {
   const results = await Promise.allSettled([
     client.set('big:a', 'a', 0),
     client.set('big:huge', Buffer.alloc(2 * 1024 * 1024), 0),
@@ -82,7 +84,7 @@ test('a server error for one op (value too large) does not disturb its batch', a
   assert.equal((await client.get('big:b'))?.value.toString(), 'b');
 });
 
-test('many ops beyond maxBatch, over two connections', async () => {
+test('many ops beyond maxBatch, over two connections', { timeout }, async () => {
   const c = new MemcacheClient({ servers: [mc.address], maxBatch: 64, connectionsPerServer: 2, timeoutMs: 5000, writeTimeoutMs: 5000 });
   try {
     await Promise.all(Array.from({ length: 3000 }, (_, i) => c.set(`many:${i}`, String(i), 0)));
@@ -93,7 +95,7 @@ test('many ops beyond maxBatch, over two connections', async () => {
   }
 });
 
-test('opaque wrap-around past 2^32', async () => {
+test('opaque wrap-around past 2^32', { timeout }, async () => {
   const c = new MemcacheClient({ servers: [mc.address], opaqueStart: 2 ** 32 - 25, timeoutMs: 5000 });
   try {
     await Promise.all(Array.from({ length: 40 }, (_, i) => c.set(`wrap:${i}`, `w${i}`, 0)));
@@ -106,13 +108,13 @@ test('opaque wrap-around past 2^32', async () => {
   }
 });
 
-test('invalid exptime or flags reject before sending', async () => {
+test('invalid exptime or flags reject before sending', { timeout }, async () => {
   await assert.rejects(client.set('x', 'y', -1), { code: 'invalid' });
   await assert.rejects(client.set('x', 'y', 0, 2 ** 32), { code: 'invalid' });
   await assert.rejects(client.touch('x', 1.5), { code: 'invalid' });
 });
 
-test('expiry (relative and absolute) and interop with memjs', async () => {
+test('expiry (relative and absolute) and interop with memjs', { timeout }, async () => {
   const mj = memjs.Client.create(mc.address, { retries: 0, logger: { log: () => {} } });
   const plain = new MemcacheClient({ servers: [mc.address], timeoutMs: 2000 });
   try {
@@ -154,7 +156,7 @@ test('expiry (relative and absolute) and interop with memjs', async () => {
   }
 });
 
-test('key distribution over three servers, and what moves when one is removed', async () => {
+test('key distribution over three servers, and what moves when one is removed', { timeout }, async () => {
   const more = await Promise.all([startMemcached(), startMemcached()]);
   extra.push(...more);
   const addrs = [mc.address, more[0].address, more[1].address];
@@ -187,7 +189,7 @@ test('key distribution over three servers, and what moves when one is removed', 
   }
 });
 
-test('close() settles issued ops, then rejects new ones', async () => {
+test('close() settles issued ops, then rejects new ones', { timeout }, async () => {
   const c = new MemcacheClient({ servers: [mc.address], timeoutMs: 2000 });
   const pending = [c.set('close:a', '1', 0), c.get('close:a')];
   await c.close();

@@ -3,7 +3,7 @@
 // finds its op by subtraction (mod 2^32) instead of a map lookup. memcached
 // answers in order, so once the NOOP's reply arrives every quiet op that has
 // not answered is known: a read missed, a write succeeded.
-import { Status, get32, statusName, type Frame } from './codec.ts';
+import { HEADER_SIZE, Status, encodeNoop, get32, statusName, type Frame } from './codec.ts';
 import type { Connection } from './connection.ts';
 import { MemcacheError } from './errors.ts';
 
@@ -24,45 +24,97 @@ export interface BatchHost {
   batchExpired(batch: Batch): void;
 }
 
+// A batch owns its state: the server that builds it and the connection that
+// carries it tell it what happened through its methods and read it through
+// its getters.
 export class Batch {
-  readonly host: BatchHost;
+  private readonly host: BatchHost;
   /** Opaque of the first op; the closing NOOP carries base + size. */
   readonly base: number;
+  private readonly readTimeoutMs: number;
+  private readonly writeTimeoutMs: number;
   // Per op, by index: kind, and the promise's callbacks (null once settled).
   // Parallel arrays and one shared executor save an object and a closure per op.
-  readonly kinds: OpKind[] = [];
+  private readonly kinds: OpKind[] = [];
   private readonly resolves: (Settle | null)[] = [];
   private readonly rejects: (Reject | null)[] = [];
   private readonly capture = (resolve: Settle, reject: Reject): void => {
     this.resolves.push(resolve);
     this.rejects.push(reject);
   };
-  /** Encoded requests + NOOP, set at flush. */
-  bytes: Buffer | null = null;
-  readDeadline = 0;  // performance.now() ms, 0 = no read in this batch
-  writeDeadline = 0;
-  unsettled = 0;
+  /** Encoded requests + NOOP, once flushed. */
+  private wire: Buffer | null = null;
+  private readDeadline = 0;  // performance.now() ms, 0 = no read in this batch
+  private writeDeadline = 0;
+  private unsettled = 0;
   /** Connection it was written to and that connection's receive count then (to tell silence from slowness). */
-  conn: Connection | null = null;
-  rxMark = 0;
+  private conn: Connection | null = null;
+  private rxMark = 0;
   private timer: NodeJS.Timeout | null = null;
 
-  constructor(host: BatchHost, base: number) {
+  /** Deadlines run from the first op of each class: every op of a batch is issued in one tick. */
+  constructor(host: BatchHost, base: number, readTimeoutMs: number, writeTimeoutMs: number) {
     this.host = host;
     this.base = base;
+    this.readTimeoutMs = readTimeoutMs;
+    this.writeTimeoutMs = writeTimeoutMs;
+  }
+
+  /**
+   * A batch of no op whose NOOP must be answered within timeoutMs, sent first
+   * on a new connection: only an answer proves the server is serving, not
+   * merely accepting (a SIGSTOPped memcached still completes TCP handshakes).
+   */
+  static hello(host: BatchHost, opaque: number, timeoutMs: number): Batch {
+    const b = new Batch(host, opaque, timeoutMs, 0);
+    const bytes = Buffer.allocUnsafe(HEADER_SIZE);
+    encodeNoop(bytes, 0, b.noopOpaque);
+    const now = performance.now();
+    b.readDeadline = now + timeoutMs;
+    b.flushed(bytes, now);
+    return b;
   }
 
   get size(): number { return this.kinds.length; }
   get noopOpaque(): number { return (this.base + this.kinds.length) >>> 0; }
+  /** Every op has its answer (or its error). */
+  get settled(): boolean { return this.unsettled === 0; }
+  /** What to write, once flushed. */
+  get bytes(): Buffer { return this.wire as Buffer; }
+  /** The connection it was written to, or null while unsent. */
+  get connection(): Connection | null { return this.conn; }
+  /** Written to a connection that is still open and has received nothing since: silent, not merely slow. */
+  get unheard(): boolean {
+    const c = this.conn;
+    return c !== null && c.isOpen && c.rxCount === this.rxMark;
+  }
 
+  /** Queues one op; its bytes were encoded by the caller. */
   add<T>(kind: OpKind): Promise<T> {
+    if (kind === KIND_GET) {
+      if (this.readDeadline === 0) this.readDeadline = performance.now() + this.readTimeoutMs;
+    } else if (this.writeDeadline === 0) {
+      this.writeDeadline = performance.now() + this.writeTimeoutMs;
+    }
     this.kinds.push(kind);
     this.unsettled++;
     return new Promise<T>(this.capture as (resolve: (value: T) => void, reject: Reject) => void);
   }
 
+  /** The batch is closed: `bytes` (its ops and NOOP) is what goes out, and its deadline timer starts. */
+  flushed(bytes: Buffer, now: number): void {
+    this.wire = bytes;
+    this.arm(now);
+  }
+
+  /** Written to `conn`, whose receive count was then `rxCount`. */
+  sentOn(conn: Connection, rxCount: number): void {
+    this.conn = conn;
+    this.rxMark = rxCount;
+  }
+
   /** Starts the batch's single timer, for its earliest deadline. */
-  arm(now: number): void {
+  private arm(now: number): void {
     const next = this.nextDeadline();
     if (next === 0) return;
     this.timer = setTimeout(onTimer, Math.max(0, Math.ceil(next - now)), this);
@@ -127,8 +179,14 @@ export class Batch {
     for (let i = 0; i < this.kinds.length; i++) if (this.rejects[i] !== null) this.rejectOp(i, err);
   }
 
-  /** Timer fired: reject ops whose deadline passed, re-arm for the rest. */
-  expire(now: number): void {
+  /** The timer fired: ops whose deadline passed fail, and the server hears of it. */
+  timedOut(): void {
+    this.expire(performance.now());
+    this.host.batchExpired(this);
+  }
+
+  /** Rejects ops whose deadline passed, re-arms for the rest. */
+  private expire(now: number): void {
     this.timer = null;
     // setTimeout rounds to whole ms; allow 1 ms so a deadline is never re-armed for nothing.
     const readsDue = this.readDeadline !== 0 && this.readDeadline <= now + 1;
@@ -167,6 +225,5 @@ export class Batch {
 }
 
 function onTimer(batch: Batch): void {
-  batch.expire(performance.now());
-  batch.host.batchExpired(batch);
+  batch.timedOut();
 }

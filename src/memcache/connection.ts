@@ -13,7 +13,7 @@ export interface ConnectionHost {
   readonly port: number;
   readonly connectTimeoutMs: number;
   /** Bytes arrived: the server is alive. */
-  connAlive(conn: Connection): void;
+  connAlive(): void;
   /** The connection failed or was closed by the peer (not by destroy()). */
   connLost(conn: Connection, err: MemcacheError): void;
   /** The backoff delay set by reconnectIn() has passed. */
@@ -29,10 +29,8 @@ export class Connection {
   private readonly parser = new FrameParser((f) => this.onFrame(f));
   private connectTimer: NodeJS.Timeout | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
-  /** Data events received; a batch records it when sent to detect silence. */
-  rxCount = 0;
-  /** Consecutive failed attempts, for the server's backoff. */
-  attempts = 0;
+  private received = 0;
+  private failedAttempts = 0;
 
   constructor(server: ConnectionHost) {
     this.server = server;
@@ -41,6 +39,10 @@ export class Connection {
   /** Has a socket (connecting or connected) that accepts writes. */
   get isOpen(): boolean { return this.socket !== null; }
   get inflightCount(): number { return this.inflight.length; }
+  /** Data events received; a batch records it when sent, to tell silence from slowness. */
+  get rxCount(): number { return this.received; }
+  /** Reconnects scheduled since the server last sent data, for the server's backoff. */
+  get attempts(): number { return this.failedAttempts; }
 
   open(): void {
     this.cancelReconnect();
@@ -58,20 +60,21 @@ export class Connection {
 
   /** Writes a flushed batch; node queues it while the socket is still connecting. */
   send(batch: Batch): void {
-    batch.conn = this;
-    batch.rxMark = this.rxCount;
+    batch.sentOn(this, this.received);
     this.inflight.push(batch);
-    (this.socket as Socket).write(batch.bytes as Buffer);
+    (this.socket as Socket).write(batch.bytes);
   }
 
   /** True if every batch in flight has already settled (timed out), so closing loses nothing. */
   get settled(): boolean {
-    for (const b of this.inflight) if (b.unsettled > 0) return false;
+    for (const b of this.inflight) if (!b.settled) return false;
     return true;
   }
 
+  /** Reopens after ms; counts as an attempt until data arrives. */
   reconnectIn(ms: number): void {
     this.cancelReconnect();
+    this.failedAttempts++;
     this.reconnectTimer = setTimeout(onReconnect, ms, this);
   }
 
@@ -126,8 +129,9 @@ export class Connection {
 
   private onData(s: Socket, chunk: Buffer): void {
     if (s !== this.socket) return;
-    this.rxCount++;
-    this.server.connAlive(this);
+    this.received++;
+    this.failedAttempts = 0;
+    this.server.connAlive();
     try {
       this.parser.feed(chunk);
     } catch (err) {

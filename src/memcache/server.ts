@@ -72,7 +72,7 @@ export class Server implements BatchHost, ConnectionHost {
 
   get(opcode: typeof Op.GETKQ | typeof Op.GATKQ, key: string, exptime: number): Promise<Hit | null> {
     if (this.downError !== null) return Promise.reject(this.downError);
-    const b = this.batchFor(HEADER_SIZE + 4 + key.length, true);
+    const b = this.batchFor(HEADER_SIZE + 4 + key.length);
     const opaque = (b.base + b.size) >>> 0;
     this.pos = opcode === Op.GETKQ
       ? encodeKeyOnly(this.arena, this.pos, opcode, opaque, key)
@@ -82,7 +82,7 @@ export class Server implements BatchHost, ConnectionHost {
 
   set(key: string, value: Buffer | string, valueLen: number, exptime: number, flags: number): Promise<void> {
     if (this.downError !== null) return Promise.reject(this.downError);
-    const b = this.batchFor(HEADER_SIZE + 8 + key.length + valueLen, false);
+    const b = this.batchFor(HEADER_SIZE + 8 + key.length + valueLen);
     const opaque = (b.base + b.size) >>> 0;
     this.pos = encodeStore(this.arena, this.pos, Op.SETQ, opaque, key, flags, exptime, value, valueLen);
     return b.add(KIND_SET);
@@ -90,37 +90,31 @@ export class Server implements BatchHost, ConnectionHost {
 
   delete(key: string): Promise<void> {
     if (this.downError !== null) return Promise.reject(this.downError);
-    const b = this.batchFor(HEADER_SIZE + key.length, false);
+    const b = this.batchFor(HEADER_SIZE + key.length);
     this.pos = encodeKeyOnly(this.arena, this.pos, Op.DELETEQ, (b.base + b.size) >>> 0, key);
     return b.add(KIND_DELETE);
   }
 
   touch(key: string, exptime: number): Promise<boolean> {
     if (this.downError !== null) return Promise.reject(this.downError);
-    const b = this.batchFor(HEADER_SIZE + 4 + key.length, false);
+    const b = this.batchFor(HEADER_SIZE + 4 + key.length);
     this.pos = encodeTouch(this.arena, this.pos, Op.TOUCH, (b.base + b.size) >>> 0, key, exptime);
     return b.add(KIND_TOUCH);
   }
 
   /** The open batch, with room for `bytes` more plus its closing NOOP. */
-  private batchFor(bytes: number, read: boolean): Batch {
+  private batchFor(bytes: number): Batch {
     let b = this.pending;
     if (b !== null && b.size >= this.opts.maxBatch) {
       this.flush();
       b = null;
     }
     if (b === null) {
-      b = this.pending = new Batch(this, this.nextOpaque);
+      b = this.pending = new Batch(this, this.nextOpaque, this.opts.timeoutMs, this.opts.writeTimeoutMs);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         process.nextTick(flushTick, this);
       }
-    }
-    // Deadlines run from when the batch opened: every op in it was issued in this tick.
-    if (read) {
-      if (b.readDeadline === 0) b.readDeadline = performance.now() + this.opts.timeoutMs;
-    } else if (b.writeDeadline === 0) {
-      b.writeDeadline = performance.now() + this.opts.writeTimeoutMs;
     }
     this.reserve(bytes + HEADER_SIZE);
     return b;
@@ -144,10 +138,9 @@ export class Server implements BatchHost, ConnectionHost {
     this.pending = null;
     const noop = b.noopOpaque;
     this.pos = encodeNoop(this.arena, this.pos, noop);
-    b.bytes = this.arena.subarray(this.batchStart, this.pos);
+    b.flushed(this.arena.subarray(this.batchStart, this.pos), performance.now());
     this.batchStart = this.pos;
     this.nextOpaque = (noop + 1) >>> 0;
-    b.arm(performance.now());
     this.dispatch(b);
   }
 
@@ -165,21 +158,12 @@ export class Server implements BatchHost, ConnectionHost {
 
   private openConnection(c: Connection): void {
     c.open();
-    // A NOOP round trip first proves the server is serving, not merely
-    // accepting (a SIGSTOPped memcached still completes TCP handshakes).
-    const hello = new Batch(this, this.nextOpaque);
+    c.send(Batch.hello(this, this.nextOpaque, this.opts.connectTimeoutMs));
     this.nextOpaque = (this.nextOpaque + 1) >>> 0;
-    hello.bytes = Buffer.allocUnsafe(HEADER_SIZE);
-    encodeNoop(hello.bytes, 0, hello.noopOpaque);
-    const now = performance.now();
-    hello.readDeadline = now + this.opts.connectTimeoutMs;
-    hello.arm(now);
-    c.send(hello);
-    for (const b of this.waiting.splice(0)) if (b.unsettled > 0) c.send(b);
+    for (const b of this.waiting.splice(0)) if (!b.settled) c.send(b);
   }
 
-  connAlive(c: Connection): void {
-    c.attempts = 0;
+  connAlive(): void {
     this.failures = 0;
     if (this.downError !== null) this.markUp();
   }
@@ -188,7 +172,7 @@ export class Server implements BatchHost, ConnectionHost {
     if (this.closeError !== null) return;
     this.failure(err);
     if (this.downError !== null) this.scheduleProbe();
-    else c.reconnectIn(this.backoff(c.attempts++));
+    else c.reconnectIn(this.backoff(c.attempts));
   }
 
   connRetry(c: Connection): void {
@@ -200,18 +184,18 @@ export class Server implements BatchHost, ConnectionHost {
   }
 
   batchExpired(b: Batch): void {
-    const c = b.conn;
+    const c = b.connection;
     if (c === null) {
       // Never sent: drop it once nothing in it is waiting any more.
       const i = this.waiting.indexOf(b);
-      if (b.unsettled === 0 && i >= 0) this.waiting.splice(i, 1);
+      if (b.settled && i >= 0) this.waiting.splice(i, 1);
       return;
     }
     if (this.closeError !== null) {
       if (c.settled) c.destroy(this.closeError);
       return;
     }
-    if (c.rxCount !== b.rxMark || !c.isOpen) return; // slow but talking, or already gone
+    if (!b.unheard) return; // slow but talking, or already gone
     const err = new MemcacheError('timeout', 'server silent past deadline', this.address);
     if (this.downError !== null) {
       c.destroy(err); // the probe connected but got no answer
