@@ -1,7 +1,9 @@
-#!/usr/bin/env -S node --max-semi-space-size=1 --optimize-for-size
+#!/usr/bin/env -S node --max-semi-space-size=1 --optimize-for-size --liftoff-only
 // A small young generation makes V8 collect streamed body buffers promptly,
 // and --optimize-for-size keeps the old generation from growing ahead of
 // need; together they keep resident memory flat (see README, Benchmarks).
+// --liftoff-only keeps V8 from optimising WebAssembly: the only WebAssembly a
+// start runs is the TypeScript stripper, whose optimised code would stay resident.
 //
 // The proxy is TypeScript run by Node 24's type stripping; an older Node would
 // fail on the .ts import with ERR_UNKNOWN_FILE_EXTENSION, so say what to do
@@ -11,4 +13,10 @@ if (major < 24) {
   process.stderr.write(`sticky-proxy: needs Node.js 24 or newer; this is ${process.version}. Run "npm install" (it brings Node 24) and use npx sticky-proxy, or install Node 24.\n`);
   process.exit(2);
 }
+// Node's compile cache keeps what type stripping produced (and V8's code for
+// it), so every start after the first loads no TypeScript stripper at all:
+// some 20 MiB less resident memory, and a faster start. NODE_COMPILE_CACHE
+// names its directory (default: the system's temp directory).
+const { enableCompileCache } = await import('node:module');
+enableCompileCache();
 await import('../src/cli.ts');

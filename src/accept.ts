@@ -3,7 +3,6 @@
 // connection let in. Half-open connections are allowed so a client that sends
 // its request and then shuts down its side still gets the answer.
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
-import { createServer as createTlsServer } from 'node:tls';
 import { ClientConnection } from './client.ts';
 import type { ProxyContext } from './context.ts';
 import { reply } from './replies.ts';
@@ -24,7 +23,8 @@ export class Acceptor {
     const accept = (socket: Socket): void => this.#connection(socket);
     this.listener = opts.tls === null
       ? createNetServer({ noDelay: true, allowHalfOpen: true }, accept)
-      : createTlsServer({ cert: opts.tls.cert, key: opts.tls.key, noDelay: true, allowHalfOpen: true }, accept);
+      // node:tls is loaded only when the listener terminates TLS.
+      : process.getBuiltinModule('node:tls').createServer({ cert: opts.tls.cert, key: opts.tls.key, noDelay: true, allowHalfOpen: true }, accept);
   }
 
   get open(): number {

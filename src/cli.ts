@@ -1,7 +1,8 @@
 // Entry point: `sticky-proxy [flags]`, or the demo when no backend is given.
 import { readFileSync } from 'node:fs';
+import { flushCompileCache } from 'node:module';
 import { ConfigError, HELP, parseCommand, type Command, type Config } from './config.ts';
-import { startDemoOrigin, type DemoOrigin } from './demo.ts';
+import type { DemoOrigin } from './demo.ts';
 import { FLAGS, type FlagName, type FlagValues } from './flags.ts';
 import { createLogger } from './log.ts';
 import { StickyProxy } from './proxy.ts';
@@ -46,6 +47,8 @@ async function main(): Promise<void> {
 
   const demo: DemoOrigin[] = [];
   if (config.backends.length === 0) {
+    // The demo (and node:http for its origins) is loaded only when it runs.
+    const { startDemoOrigin } = await import('./demo.ts');
     demo.push(await startDemoOrigin('srv1'), await startDemoOrigin('srv2'));
     config.backends = demo.map((o) => ({ name: o.name, url: new URL(o.url), weight: 1 }));
   }
@@ -87,6 +90,8 @@ async function main(): Promise<void> {
   process.on('SIGTERM', stop);
   process.on('SIGHUP', () => reload(proxy, values, demo.length > 0));
   if (process.env.STICKY_PROXY_TEST_HOOKS === '1') process.on('SIGUSR2', () => proxy.terminateOneWorker());
+  // Every module a start needs is loaded now: write the compile cache (bin/sticky-proxy.js) so the next start strips nothing.
+  flushCompileCache();
 }
 
 

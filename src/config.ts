@@ -4,7 +4,7 @@
 // this file turns their values into the Config and checks what one flag's
 // kind cannot: values that depend on each other, and the files they name.
 import { readFileSync } from 'node:fs';
-import { X509Certificate, createPrivateKey } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { ConfigError, helpText, parseArgv, parseFile, withDefaults, type Given } from './flag-kit.ts';
 import { FLAGS, HELP_INTRO, type FlagValues } from './flags.ts';
 import type { HostPort } from './hostport.ts';
@@ -148,6 +148,8 @@ function readText(flag: string, file: string): string {
 /** The certificate and key, parsed, and the key checked to be the certificate's, as the listener will need. */
 function loadTls(certFile: string, keyFile: string): { cert: string; key: string } {
   const cert = readText('--tls-cert', certFile);
+  // node:crypto is loaded only when TLS is configured: it costs memory the proxy otherwise does not need.
+  const { X509Certificate, createPrivateKey } = process.getBuiltinModule('node:crypto');
   let x509: X509Certificate;
   try {
     x509 = new X509Certificate(cert);
@@ -169,6 +171,7 @@ function loadTls(certFile: string, keyFile: string): { cert: string; key: string
 /** A CA file or bundle: every certificate in it must parse. */
 function loadCa(file: string): string {
   const pem = readText('--backend-ca', file);
+  const { X509Certificate } = process.getBuiltinModule('node:crypto');
   const certs = pem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
   if (certs.length === 0) throw new ConfigError('--backend-ca', `"${file}" holds no PEM certificate`);
   certs.forEach((c, i) => {

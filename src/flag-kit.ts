@@ -4,7 +4,8 @@
 // the README's flag table. Everything takes the table as an argument, so a
 // flag is one entry and nothing else needs to know about it.
 import { parseArgs } from 'node:util';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
 import { HOST_PORT_PATTERN, parseHostPort, type HostPort } from './hostport.ts';
 
 export class ConfigError extends Error {
@@ -229,6 +230,8 @@ const validators = new WeakMap<Table, ValidateFunction>();
 function validator(table: Table): ValidateFunction {
   let v = validators.get(table);
   if (v === undefined) {
+    // ajv is loaded only when a file is read: it costs some 20 MiB of memory.
+    const { Ajv } = createRequire(import.meta.url)('ajv') as { Ajv: typeof AjvClass };
     v = new Ajv({ allErrors: false, strict: true }).compile(jsonSchema(table, '', ''));
     validators.set(table, v);
   }

@@ -7,7 +7,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Piscina } from 'piscina';
 import { Affinity, type BatchRunner } from './affinity.ts';
 import { Acceptor } from './accept.ts';
-import { createAdmin } from './admin.ts';
 import { BackendSet } from './backends.ts';
 import { createBalancer } from './balance.ts';
 import type { AffinityBatch, AffinityAnswer, ResolverSettings } from './batch.ts';
@@ -192,6 +191,8 @@ export class StickyProxy {
     if (config.admin !== null) {
       // prom-client is loaded only when the admin API serves metrics.
       const base = await processRegistry(VERSION);
+      // The admin API (and node:http for it) is loaded only when configured.
+      const { createAdmin } = await import('./admin.ts');
       proxy.admin = createAdmin({
         backends: proxy.backends,
         metrics: () => scrape(proxy.#metricParts(), inline ? 0 : config.workers, base),

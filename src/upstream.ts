@@ -5,7 +5,6 @@
 // completely (the request's owner decides), and idle sockets close after
 // --upstream-idle-timeout, below a backend's own keep-alive timeout.
 import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
 import type { Deadlines, Timed } from './deadlines.ts';
 
 export interface UpstreamOptions {
@@ -329,7 +328,8 @@ export class UpstreamPool implements Timed {
     this.open++;
     this.#connecting++;
     const socket = this.tls
-      ? tlsConnect({ host: this.host, port: this.port, servername: this.servername, ca: this.opts.ca ?? undefined, ALPNProtocols: ['http/1.1'] })
+      // node:tls is loaded only for https:// backends.
+      ? process.getBuiltinModule('node:tls').connect({ host: this.host, port: this.port, servername: this.servername, ca: this.opts.ca ?? undefined, ALPNProtocols: ['http/1.1'] })
       : netConnect({ host: this.host, port: this.port });
     const conn = new UpstreamConnection(this, socket, opener, performance.now());
     this.#deadlines.add(conn);

@@ -2,7 +2,6 @@
 // (which other tools use on the same data) cannot carry spaces, control bytes
 // or non-ASCII. Such keys are replaced by a fixed-length hash instead of
 // failing, so one bad key cannot cost the other operations in its batch.
-import { createHash } from 'node:crypto';
 
 export const MAX_KEY_LENGTH = 250;
 const HASH_MARK = 0x23; // '#'
@@ -40,5 +39,6 @@ export function memcacheKey(prefix: string, key: string): string {
   ) {
     return prefix + key;
   }
-  return prefix + '#' + createHash('sha256').update(key, 'utf8').digest('base64url');
+  // node:crypto is loaded with the first key that needs hashing.
+  return prefix + '#' + process.getBuiltinModule('node:crypto').createHash('sha256').update(key, 'utf8').digest('base64url');
 }

@@ -22,7 +22,6 @@
 // binding: a slot counts only if its seal matches its contents, and a writer
 // seals the values it means to write, so any mix of old and new words, in any
 // order, fails (short of a 2^-32 hash collision) and reads as a free slot.
-import { hash } from 'node:crypto';
 import { threadId } from 'node:worker_threads';
 import { FNV_OFFSET, fmix32, fnvStep } from '../hash.ts';
 import type { AffinityStore } from './store.ts';
@@ -255,11 +254,18 @@ function unlock(locks: Int32Array, bucket: number, token: number): void {
   Atomics.compareExchange(locks, bucket, token, 0);
 }
 
+// node:crypto is loaded with the first digest: the memcached store does not need it.
+let hashFn: ((algorithm: string, data: string, encoding: 'buffer') => Buffer) | null = null;
+function sha256(key: string): Buffer {
+  hashFn ??= process.getBuiltinModule('node:crypto').hash;
+  return hashFn('sha256', key, 'buffer');
+}
+
 /** A 128-bit digest of the key; word 3 is never 0, which marks a free slot. */
 // Reused: a digest is consumed before the next one is taken.
 const scratch = new Int32Array(4);
 function digest(key: string): Int32Array {
-  const b = hash('sha256', key, 'buffer');
+  const b = sha256(key);
   scratch[0] = b.readInt32LE(0);
   scratch[1] = b.readInt32LE(4);
   scratch[2] = b.readInt32LE(8);

@@ -7,9 +7,10 @@ import { request } from 'undici';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-export const CLI = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+// The bin, as users run it: it turns Node's compile cache on before loading src/cli.ts.
+export const CLI = fileURLToPath(new URL('../../bin/sticky-proxy.js', import.meta.url));
 // The V8 flags bin/sticky-proxy.js and `npm start` run the proxy with.
-export const NODE_FLAGS = ['--max-semi-space-size=1', '--optimize-for-size'];
+export const NODE_FLAGS = ['--max-semi-space-size=1', '--optimize-for-size', '--liftoff-only'];
 
 export class ProxyProcess {
   readonly proc: ChildProcess;
