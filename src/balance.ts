@@ -99,16 +99,17 @@ export function createBalancer(algorithm: BalanceAlgorithm, backends: Backend[])
 
 /**
  * Weighted rendezvous hashing of a session key over the backends that take new
- * sessions: the route used while the store cannot answer. Every instance
+ * sessions (but `except`): the route used while the store cannot answer, and
+ * where a session moves when its backend fails. Every instance
  * computes the same answer from the same pool, and a session keeps its backend
  * as long as the pool is stable.
  */
-export function rendezvous(key: string, backends: readonly Backend[]): Backend | null {
+export function rendezvous(key: string, backends: readonly Backend[], except: Backend | null = null): Backend | null {
   const k = fnv1a(key);
   let best: Backend | null = null;
   let bestScore = -Infinity;
   for (const b of backends) {
-    if (!b.takesNew) continue;
+    if (!b.takesNew || b === except) continue;
     // A uniform draw in (0,1) per (key, backend); -weight/ln(u) weights it.
     const u = (fmix32(fnv1a(b.name, k)) + 0.5) / 4294967296;
     const score = -b.weight / Math.log(u);

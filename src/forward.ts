@@ -20,6 +20,7 @@ import { ChunkedReader, type ChunkSink } from './http/chunked.ts';
 import { BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE, ResponseHead, parseResponseHead } from './http/response.ts';
 import { sessionSetCookies, setsCookie } from './learn.ts';
 import { CONTINUE, reply } from './replies.ts';
+import { rendezvous } from './balance.ts';
 import { route, type Route, type Routed } from './route.ts';
 import { Tunnel } from './upgrade.ts';
 import type { PoolWaiter, UpstreamConnection } from './upstream.ts';
@@ -530,7 +531,10 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     this.#answer(timeout ? 504 : 502, timeout ? 'backend timed out' : 'bad gateway');
   }
 
+  /** Where a retry goes: a session to the backend every instance would move it to; anything else to the balancer. */
   #another(failed: Backend): Backend | null {
+    const key = this.boundKey || firstKey(this.req.keys);
+    if (key !== '') return rendezvous(key, this.ctx.backends.list, failed);
     const n = this.ctx.backends.list.length;
     for (let i = 0; i < n; i++) {
       const b = this.ctx.balancer.pick();
