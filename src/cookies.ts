@@ -1,6 +1,9 @@
-// Session ids out of Cookie and Set-Cookie headers, through the `cookie`
-// package. Values are kept exactly as on the wire (no URL-decoding), so the id
-// read from a request matches the id learnt from a response byte for byte.
+// Session ids out of Cookie headers (a byte scan of the request head: a
+// request without a session cookie name costs one search) and Set-Cookie
+// headers (through the `cookie` package, in the resolver). Values are kept
+// exactly as on the wire (no URL-decoding), and split and trimmed the same
+// way on both sides, so the id read from a request matches the id learnt from
+// a response byte for byte.
 import { parseSetCookie } from 'cookie';
 
 const RAW = { decode: (s: string) => s };
@@ -117,7 +120,7 @@ export interface TtlRules {
 /**
  * Reads one Set-Cookie value. Returns null when it sets no configured session
  * cookie. Max-Age wins over Expires; no expiry means a sliding default TTL;
- * everything is capped by maxTtl; Max-Age<=0 or a past Expires clears.
+ * a lifetime beyond maxTtl slides at maxTtl; Max-Age<=0 or a past Expires clears.
  */
 export function sessionSetCookie(value: string, names: readonly string[], rules: TtlRules, nowMs: number): SessionCookie | null {
   const sc = parseSetCookie(value, RAW);
@@ -134,5 +137,9 @@ export function sessionSetCookie(value: string, names: readonly string[], rules:
     sliding = true;
   }
   if (ttl <= 0 || id === '') return { name: sc.name, id, ttl: 0, sliding: false };
-  return { name: sc.name, id, ttl: Math.min(ttl, rules.maxTtl), sliding };
+  // A cookie that outlives the cap keeps its binding while it is used: the
+  // binding slides at the cap (refreshed on use), so an active session keeps
+  // its backend for as long as its cookie lives, and an idle one expires at the cap.
+  if (ttl > rules.maxTtl) return { name: sc.name, id, ttl: rules.maxTtl, sliding: true };
+  return { name: sc.name, id, ttl, sliding };
 }

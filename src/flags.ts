@@ -57,8 +57,8 @@ export const FLAGS = {
     help: 'a backend. NAME is `[A-Za-z0-9_.-]{1,64}` and is what memcached stores; URL is an origin (`http://host:port` or `https://…`); weight 0–1000, default 1. Weight 0 serves only sessions already bound to it. With no backend, the demo starts: two session origins behind the proxy.',
   }),
   'session-cookie': many(text('NAME', COOKIE_NAME, 'a cookie name (RFC 6265 token)'), {
-    section: 'Routing and affinity', default: ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId'],
-    help: 'a session cookie to stick on; the first bound one in this order wins',
+    section: 'Routing and affinity', default: ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId', 'sessionid'],
+    help: 'a session cookie to stick on; the first bound one in this order wins. The defaults cover Express (`connect.sid`), PHP, Java servlets (Tomcat, Jetty), ASP.NET and Django (`sessionid`); name others, such as `laravel_session` or `ci_session`, with this flag',
   }),
   'no-affinity': sw({
     section: 'Routing and affinity',
