@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect } from 'node:net';
 import { once } from 'node:events';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from './wait.ts';
 
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   const srv = createServer();
@@ -16,18 +16,12 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   return port;
 }
 
-async function waitForPort(port: number, deadlineMs: number): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => { s.destroy(); resolve(true); });
-      s.once('error', () => { s.destroy(); resolve(false); });
-    });
-    if (ok) return;
-    if (Date.now() > end) throw new Error(`memcached did not listen on ${port}`);
-    await sleep(20);
-  }
+async function waitForPort(port: number, timeoutMs: number): Promise<void> {
+  await waitFor(() => new Promise<boolean>((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => { s.destroy(); resolve(false); });
+  }), { what: `memcached to listen on ${port}`, timeoutMs });
 }
 
 export class Memcached {
