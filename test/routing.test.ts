@@ -8,17 +8,20 @@ import { get, startProxy, type Jar } from './helpers/proxy.ts';
 import { freePort } from './helpers/memcached.ts';
 import { MemcacheClient } from '../src/memcache/client.ts';
 
+// A hang fails its test instead of the whole file.
+const T = { timeout: 30_000 };
+
 let origins: Origin[] = [];
 let mc: Memcached;
 
 before(async () => {
   origins = [await startOrigin('a'), await startOrigin('b'), await startOrigin('c')];
   mc = await startMemcached();
-});
+}, T);
 after(async () => {
   await Promise.all(origins.map((o) => o.close()));
   await mc.stop();
-});
+}, T);
 
 /** A fixed script of new and returning sessions; returns the backend of each request. */
 async function script(url: string): Promise<string[]> {
@@ -42,13 +45,15 @@ async function script(url: string): Promise<string[]> {
 }
 
 for (const store of ['embedded', 'memcached'] as const) {
-  test(`--workers 0 and --workers 3 route identically (${store})`, async () => {
+  test(`--workers 0 and --workers 3 route identically (${store})`, T, async () => {
     const runs: string[][] = [];
     for (const workers of ['0', '3']) {
       const storeFlags = store === 'memcached' ? ['--memcache', mc.address, '--key-prefix', `w${workers}-${Date.now()}:`] : [];
       const flags = [
         '--backend', `a=${origins[0].url},weight=2`, '--backend', `b=${origins[1].url}`, '--backend', `c=${origins[2].url}`,
-        '--workers', workers, ...storeFlags,
+        // A generous store deadline (the batch deadline is this + 500 ms): on a loaded machine the first
+        // batches can wait seconds on workers still loading, and a batch past its deadline loses affinity.
+        '--workers', workers, '--store-timeout', '5000', ...storeFlags,
       ];
       const proxy = await startProxy(flags);
       try {
@@ -64,13 +69,14 @@ for (const store of ['embedded', 'memcached'] as const) {
   });
 }
 
-test('a binding that names no configured backend is ignored', async () => {
+test('a binding that names no configured backend is ignored', T, async () => {
   const prefix = `unknown-${Date.now()}:`;
   const client = new MemcacheClient({ servers: [mc.address], keyPrefix: prefix });
   await client.set('PHPSESSID:forged', 'elsewhere', 300);
   await client.set('PHPSESSID:known', 'c', 300);
   await client.close();
-  const proxy = await startProxy([...backendFlags(origins), '--memcache', mc.address, '--key-prefix', prefix]);
+  // --no-adopt: otherwise the first backend to answer would adopt the id, replacing the forged binding.
+  const proxy = await startProxy([...backendFlags(origins), '--memcache', mc.address, '--key-prefix', prefix, '--no-adopt']);
   try {
     const seen = new Set<string>();
     for (let i = 0; i < 6; i++) {
@@ -86,7 +92,7 @@ test('a binding that names no configured backend is ignored', async () => {
   }
 });
 
-test('a backend that cannot be reached answers 502, and the proxy keeps serving', async () => {
+test('a backend that cannot be reached answers 502, and the proxy keeps serving', T, async () => {
   const dead = `http://127.0.0.1:${await freePort()}`;
   const proxy = await startProxy(['--backend', `dead=${dead}`, '--workers', '0']);
   try {

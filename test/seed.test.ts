@@ -7,17 +7,23 @@ import { startMemcached, type Memcached } from './helpers/memcached.ts';
 import { backendFlags } from './helpers/origins.ts';
 import { get, startProxy, type Jar, type ProxyProcess } from './helpers/proxy.ts';
 
+// A hang fails its test instead of the whole file.
+const T = { timeout: 30_000 };
+// A generous store deadline (the batch deadline is this + 500 ms): on a loaded machine the first
+// batches can wait seconds on workers still loading, and a batch past its deadline loses affinity.
+const STORE_TIMEOUT = ['--store-timeout', '5000'];
+
 let srv: DemoOrigin[] = [];
 let mc: Memcached;
 
 before(async () => {
   srv = [await startDemoOrigin('srv1'), await startDemoOrigin('srv2')];
   mc = await startMemcached();
-});
+}, T);
 after(async () => {
   await Promise.all(srv.map((o) => o.close()));
   await mc.stop();
-});
+}, T);
 
 interface SeedReply { 'real-server': string; session_id: string }
 
@@ -32,16 +38,16 @@ for (const store of ['embedded', 'memcached'] as const) {
     let proxy: ProxyProcess;
     before(async () => {
       const storeFlags = store === 'memcached' ? ['--memcache', mc.address, '--key-prefix', `seed-${Date.now()}:`] : [];
-      proxy = await startProxy([...backendFlags(srv), ...storeFlags, '--workers', '2']);
-    });
-    after(async () => { assert.equal(await proxy.stop(), 0); });
+      proxy = await startProxy([...backendFlags(srv), ...storeFlags, ...STORE_TIMEOUT, '--workers', '2']);
+    }, T);
+    after(async () => { assert.equal(await proxy.stop(), 0); }, T);
 
-    test('start-up line names the store', () => {
+    test('start-up line names the store', T, () => {
       const line = proxy.output.find((l) => l.startsWith('store: '))!;
       assert.match(line, store === 'memcached' ? /memcached/ : /embedded.*local to this instance/);
     });
 
-    test('curl -c jar, then curl -b jar: same real-server and session every time', async () => {
+    test('curl -c jar, then curl -b jar: same real-server and session every time', T, async () => {
       for (let client = 0; client < 4; client++) {
         const jar: Jar = new Map();
         const first = await curl(proxy.url, jar);
@@ -54,7 +60,7 @@ for (const store of ['embedded', 'memcached'] as const) {
       }
     });
 
-    test('without a session cookie, requests are spread round robin', async () => {
+    test('without a session cookie, requests are spread round robin', T, async () => {
       const seen: string[] = [];
       for (let i = 0; i < 6; i++) seen.push((await curl(proxy.url))['real-server']);
       for (let i = 1; i < seen.length; i++) assert.notEqual(seen[i], seen[i - 1], seen.join(','));
@@ -62,8 +68,8 @@ for (const store of ['embedded', 'memcached'] as const) {
   });
 }
 
-test('two instances sharing one memcached: a session learnt on A sticks on B', async () => {
-  const flags = [...backendFlags(srv), '--memcache', mc.address, '--key-prefix', `shared-${Date.now()}:`];
+test('two instances sharing one memcached: a session learnt on A sticks on B', T, async () => {
+  const flags = [...backendFlags(srv), '--memcache', mc.address, '--key-prefix', `shared-${Date.now()}:`, ...STORE_TIMEOUT];
   const a = await startProxy([...flags, '--workers', '1']);
   const b = await startProxy([...flags, '--workers', '2']);
   try {
