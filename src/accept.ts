@@ -1,6 +1,6 @@
 // Accepts client connections: a TCP (or TLS) listener, the connection cap
-// (beyond it a 503 instead of a silent drop), and a ClientConnection for each
-// connection let in. Half-open connections are allowed so a client that sends
+// (the process's, across every loop; beyond it a 503 instead of a silent
+// drop), and a ClientConnection for each connection let in. Half-open connections are allowed so a client that sends
 // its request and then shuts down its side still gets the answer.
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { ClientConnection } from './client.ts';
@@ -27,14 +27,11 @@ export class Acceptor {
       : process.getBuiltinModule('node:tls').createServer({ cert: opts.tls.cert, key: opts.tls.key, noDelay: true, allowHalfOpen: true }, accept);
   }
 
-  get open(): number {
-    return this.#ctx.clients.size;
-  }
-
   #connection(socket: Socket): void {
-    if (this.open >= this.#max) {
+    const open = this.#ctx.state.openConnections;
+    if (open >= this.#max) {
       this.#ctx.stats.connectionsRefused++;
-      this.#ctx.log.warn({ open: this.open, max: this.#max }, 'connection refused: too many client connections');
+      this.#ctx.log.warn({ open, max: this.#max }, 'connection refused: too many client connections');
       socket.on('error', ignore);
       socket.end(reply(503, true));
       return;

@@ -23,7 +23,7 @@ function send(res: ServerResponse, status: number, body: unknown, type = 'applic
 
 export function createAdmin(deps: AdminDeps): Server {
   const describe = () => deps.backends.list.map((b) => ({
-    name: b.name, url: b.url.origin, weight: b.weight, state: b.state, active: b.active,
+    name: b.name, url: b.url.origin, weight: b.weight, state: b.state, active: b.activeEverywhere,
   }));
   return createServer((req: IncomingMessage, res: ServerResponse) => {
     req.resume();
@@ -47,8 +47,7 @@ export function createAdmin(deps: AdminDeps): Server {
       if (req.method !== 'POST') return send(res, 405, { error: 'use POST' });
       const b = deps.backends.get(decodeURIComponent(m[1]));
       if (b === undefined) return send(res, 404, { error: `no backend named ${m[1]}` });
-      b.admin = ACTIONS[m[2]];
-      b.refresh();
+      b.admin = ACTIONS[m[2]]; // shared: every event loop sees it at once
       deps.log.info({ backend: b.name, state: b.state }, `backend ${m[2]}`);
       return send(res, 200, { name: b.name, state: b.state });
     }

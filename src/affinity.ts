@@ -81,15 +81,14 @@ export class Affinity {
     }
     const near = this.near;
     if (near !== null) {
-      const now = performance.now();
+      const now = Date.now();
       let k = 0;
       for (;;) {
         const nl = keys.indexOf('\n', k);
         const key = nl < 0 ? (k === 0 ? keys : keys.slice(k)) : keys.slice(k, nl);
-        const e = near.get(key, now);
-        if (e !== undefined && near.fresh(e, now)) {
+        if (near.get(key, now) && near.freshUntil > now) {
           this.#stats.nearHits++;
-          waiter.onAffinity('hit', e.backend, key);
+          waiter.onAffinity('hit', near.backend, key);
           return;
         }
         if (nl < 0) break;
@@ -123,7 +122,8 @@ export class Affinity {
 
   /** Where this instance last knew `key` to be bound, fresh or not ('' if nowhere). */
   remembered(key: string): string {
-    return this.near?.get(key, performance.now())?.backend ?? '';
+    const near = this.near;
+    return near !== null && near.get(key, Date.now()) ? near.backend : '';
   }
 
   /**
@@ -135,12 +135,10 @@ export class Affinity {
   bind(key: string, backend: string, reason: BindReason): void {
     const near = this.near;
     if (near !== null) {
-      const now = performance.now();
-      if (reason === 'adopt') {
-        const e = near.get(key, now);
-        if (e !== undefined && e.backend === backend && e.adoptAfter > now) return;
-      }
-      near.set(key, backend, now).adoptAfter = now + this.#adoptEveryMs;
+      const now = Date.now();
+      const adopt = reason === 'adopt';
+      if (adopt && near.get(key, now) && near.backend === backend && near.adoptAfter > now) return;
+      near.set(key, backend, now, adopt ? now + this.#adoptEveryMs : 0);
     }
     this.#batch.bindKeys.push(key);
     this.#batch.bindBackends.push(backend);
@@ -219,7 +217,7 @@ class Flight {
     if (this.#finish()) return;
     const near = this.near;
     if (near !== null) {
-      const now = performance.now();
+      const now = Date.now();
       for (let i = 0; i < a.outcomes.length; i++) if (a.outcomes[i] === 1) near.set(a.keys[i], a.backends[i], now);
       // Learns and unbinds reach the near cache before their answers reach the client.
       for (let j = 0; j < a.learnt.length; j++) {

@@ -11,29 +11,72 @@ export interface Balancer {
 }
 
 /**
- * nginx's smooth weighted round robin: weights honoured with picks
- * interleaved. Its running weight lives on each Backend, so a reload that
- * adds or removes backends (the list is shared and changed in place) needs no reset.
+ * Weighted round robin with one rotation per process: every loop draws its
+ * turn from a shared ticket, and the turn indexes nginx's smooth weighted
+ * sequence (weights honoured with picks interleaved) over the backends that
+ * take new sessions. Each loop rebuilds its copy of the sequence when that
+ * set or a weight changes, which is rare, so a pick reads the list once and
+ * allocates nothing.
  */
 export class RoundRobin implements Balancer {
   readonly #backends: Backend[];
+  readonly #ticket: () => number;
+  /** The usable backends and weights the sequence was built from. */
+  #usable: Backend[] = [];
+  #weights: number[] = [];
+  #sequence = new Uint8Array(0);
 
-  constructor(backends: Backend[]) {
+  constructor(backends: Backend[], ticket: () => number) {
     this.#backends = backends;
+    this.#ticket = ticket;
   }
 
   pick(): Backend | null {
-    let best: Backend | null = null;
-    let total = 0;
+    let n = 0;
+    let same = true;
     for (const b of this.#backends) {
       if (!b.takesNew) continue;
-      b.rrCurrent += b.weight;
-      total += b.weight;
-      if (best === null || b.rrCurrent > best.rrCurrent) best = b;
+      if (same && (this.#usable[n] !== b || this.#weights[n] !== b.weight)) same = false;
+      n++;
     }
-    if (best !== null) best.rrCurrent -= total;
-    return best;
+    if (!same || n !== this.#usable.length) this.#rebuild();
+    if (this.#usable.length === 0) return null;
+    return this.#usable[this.#sequence[this.#ticket() % this.#sequence.length]];
   }
+
+  #rebuild(): void {
+    const usable: Backend[] = [];
+    const weights: number[] = [];
+    for (const b of this.#backends) {
+      if (!b.takesNew) continue;
+      usable.push(b);
+      weights.push(b.weight);
+    }
+    let g = 0;
+    for (const w of weights) g = gcd(g, w);
+    let total = 0;
+    for (const w of weights) total += w / g;
+    // nginx's smooth weighted round robin, run once round the whole cycle.
+    const sequence = new Uint8Array(total);
+    const current = new Array<number>(usable.length).fill(0);
+    for (let t = 0; t < total; t++) {
+      let best = 0;
+      for (let i = 0; i < usable.length; i++) {
+        current[i] += weights[i] / g;
+        if (current[i] > current[best]) best = i;
+      }
+      current[best] -= total;
+      sequence[t] = best;
+    }
+    this.#usable = usable;
+    this.#weights = weights;
+    this.#sequence = sequence;
+  }
+}
+
+function gcd(a: number, b: number): number {
+  while (b !== 0) [a, b] = [b, a % b];
+  return a;
 }
 
 /** Fewest requests in flight relative to weight; ties go round the list. */
@@ -89,9 +132,10 @@ export class RandomTwo implements Balancer {
   }
 }
 
-export function createBalancer(algorithm: BalanceAlgorithm, backends: Backend[]): Balancer {
+/** `ticket` is the process's shared round robin turn (SharedState.ticket). */
+export function createBalancer(algorithm: BalanceAlgorithm, backends: Backend[], ticket: () => number): Balancer {
   switch (algorithm) {
-    case 'round-robin': return new RoundRobin(backends);
+    case 'round-robin': return new RoundRobin(backends, ticket);
     case 'least-conn': return new LeastConn(backends);
     case 'random-two': return new RandomTwo(backends);
   }

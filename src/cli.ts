@@ -8,6 +8,13 @@ import { createLogger } from './log.ts';
 import { StickyProxy } from './proxy.ts';
 
 // How SIGHUP applies each flag whose table entry says `reload: true`.
+/**
+ * On a hand-over (SIGUSR2), an idle keep-alive connection is closed only once
+ * idle this long: a client about to send on it is answered (with Connection:
+ * close) rather than cut, and reconnects to the new process.
+ */
+const HANDOVER_GRACE_MS = 1000;
+
 const APPLY: { [K in FlagName]?: (proxy: StickyProxy, next: Config) => void } = {
   backend: (proxy, next) => proxy.applyBackends(next.backends),
 };
@@ -63,11 +70,11 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   const url = `${config.tls === null ? 'http' : 'https'}://${config.listenHost.includes(':') ? `[${config.listenHost}]` : config.listenHost}:${proxy.port}`;
-  log.info({ url, store: proxy.storeDescription, workers: config.workers, backends: config.backends.length }, 'listening');
+  log.info({ url, store: proxy.storeDescription, threads: config.threads, workers: config.workers, backends: config.backends.length }, 'listening');
   console.log(`sticky-proxy listening on ${url}`);
   console.log(`backends: ${config.backends.map((b) => `${b.name}=${b.url.origin} (weight ${b.weight})`).join(', ')}`);
   if (proxy.adminPort !== null) console.log(`admin on http://${config.admin!.host}:${proxy.adminPort}`);
-  console.log(`store: ${proxy.storeDescription}; workers: ${config.workers}; balance: ${config.balance}`);
+  console.log(`store: ${proxy.storeDescription}; threads: ${config.threads}; workers: ${config.workers}; balance: ${config.balance}`);
   if (demo.length > 0) {
     console.log(`\ndemo: two session origins (srv1, srv2) behind the proxy. Try:`);
     console.log(`  curl -c cookie.jar ${url}      # a new session, on some real-server`);
@@ -77,19 +84,29 @@ async function main(): Promise<void> {
   }
 
   let stopping = false;
-  const stop = (signal: string): void => {
+  /**
+   * SIGTERM/SIGINT: drain and exit. SIGUSR2: the same for a hand-over to a
+   * new process already listening on --listen (SO_REUSEPORT): idle keep-alive
+   * connections are given a moment to send one more request first.
+   */
+  const stop = (signal: string, graceMs: number): void => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal, timeoutMs: config.shutdownTimeoutMs }, 'shutting down');
-    Promise.all([proxy.close(config.shutdownTimeoutMs), ...demo.map((o) => o.close())]).then(
+    log.info({ signal, timeoutMs: config.shutdownTimeoutMs }, signal === 'SIGUSR2' ? 'handing over: no longer accepting, draining' : 'shutting down');
+    Promise.all([proxy.close(config.shutdownTimeoutMs, graceMs), ...demo.map((o) => o.close())]).then(
       () => { log.info('stopped'); log.flush(); process.exitCode = 0; setImmediate(() => process.exit(0)); },
       (err: Error) => { log.error({ err: err.message }, 'shutdown failed'); log.flush(); process.exit(1); },
     );
   };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  process.on('SIGINT', () => stop('SIGINT', 0));
+  process.on('SIGTERM', () => stop('SIGTERM', 0));
+  process.on('SIGUSR2', () => stop('SIGUSR2', HANDOVER_GRACE_MS));
   process.on('SIGHUP', () => reload(proxy, values, demo.length > 0));
-  if (process.env.STICKY_PROXY_TEST_HOOKS === '1') process.on('SIGUSR2', () => proxy.terminateOneWorker());
+  if (process.env.STICKY_PROXY_TEST_HOOKS === '1') {
+    // Fault injection for tests: SIGTTIN ends an affinity worker, SIGTTOU crashes the second event loop.
+    process.on('SIGTTIN', () => proxy.terminateOneWorker());
+    process.on('SIGTTOU', () => proxy.crashLoop());
+  }
   // Every module a start needs is loaded now: write the compile cache (bin/sticky-proxy.js) so the next start strips nothing.
   flushCompileCache();
 }

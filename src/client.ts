@@ -57,13 +57,16 @@ export class ClientConnection implements Timed {
   #pauses = 0;
   #parsing = false;
   #address: string | null = null;
+  /** performance.now() when the connection last became idle (a restart closes those idle long enough). */
+  idleSince: number;
 
   constructor(socket: Socket, ctx: ProxyContext) {
     this.ctx = ctx;
     this.socket = socket as OwnedSocket;
     this.socket.owner = this;
     // A connection that says nothing is cut at the header timeout.
-    this.deadline = performance.now() + ctx.clientHeaderTimeoutMs;
+    this.idleSince = performance.now();
+    this.deadline = this.idleSince + ctx.clientHeaderTimeoutMs;
     socket.on('data', onData);
     socket.on('end', onEnd);
     socket.on('close', onClose);
@@ -71,6 +74,7 @@ export class ClientConnection implements Timed {
     socket.on('drain', onDrain);
     ctx.clients.add(this);
     ctx.deadlines.add(this);
+    ctx.state.connections(1);
   }
 
   get address(): string {
@@ -265,7 +269,8 @@ export class ClientConnection implements Timed {
     this.#state = HEAD;
     this.#pause(PAUSE_BODY | PAUSE_AHEAD, false);
     const rest = this.#rest;
-    this.deadline = performance.now() + (rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
+    this.idleSince = performance.now();
+    this.deadline = this.idleSince + (rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
     if (this.#parsing) return; // the parse loop that started it goes on
     if (rest !== null) {
       this.#rest = null;
@@ -336,7 +341,7 @@ export class ClientConnection implements Timed {
   closed(): void {
     this.#state = CLOSING;
     this.deadline = Infinity;
-    this.ctx.clients.delete(this);
+    if (this.ctx.clients.delete(this)) this.ctx.state.connections(-1);
     this.ctx.deadlines.delete(this);
     const f = this.forward;
     this.forward = null;

@@ -4,6 +4,7 @@
 // this file turns their values into the Config and checks what one flag's
 // kind cannot: values that depend on each other, and the files they name.
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { X509Certificate } from 'node:crypto';
 import { ConfigError, helpText, parseArgv, parseFile, withDefaults, type Given } from './flag-kit.ts';
 import { FLAGS, HELP_INTRO, type FlagValues } from './flags.ts';
@@ -26,6 +27,8 @@ export interface Config {
   /** Empty when affinity is off. */
   sessionCookies: string[];
   memcache: string[];
+  /** Event loops (--threads), resolved: never 0. */
+  threads: number;
   workers: number;
   batchMax: number;
   balance: BalanceAlgorithm;
@@ -207,6 +210,7 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     backends,
     sessionCookies: v['no-affinity'] ? [] : v['session-cookie'],
     memcache: v.memcache ?? [],
+    threads: v.threads === 0 ? usableCores() : v.threads,
     workers: v.workers,
     batchMax: v['batch-max'],
     balance: v.balance,
@@ -255,4 +259,21 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     backendCaPem: v['backend-ca'] === null ? null : loadCa(v['backend-ca']),
     configFile: v.config,
   };
+}
+
+/**
+ * The cores this process may use: its CPU affinity mask (what
+ * availableParallelism reads), capped by a cgroup CPU quota when one is set
+ * (a container's --cpus), which the affinity mask does not show.
+ */
+export function usableCores(): number {
+  let cores = availableParallelism();
+  try {
+    // cgroup v2: "max 100000" or "<quota> <period>".
+    const [quota, period] = readFileSync('/sys/fs/cgroup/cpu.max', 'utf8').trim().split(/\s+/);
+    if (quota !== 'max') cores = Math.min(cores, Math.max(1, Math.ceil(Number(quota) / Number(period))));
+  } catch {
+    // No cgroup v2 quota readable: the affinity mask stands.
+  }
+  return Math.min(cores, 64);
 }

@@ -8,6 +8,7 @@ import type { Deadlines } from './deadlines.ts';
 import type { Health } from './health.ts';
 import type { HeadLimits } from './http/request.ts';
 import type { Logger } from './log.ts';
+import type { SharedState } from './shared.ts';
 import type { LoopStats } from './stats.ts';
 
 export interface ProxyContext {
@@ -16,6 +17,8 @@ export interface ProxyContext {
   balancer: Balancer;
   stats: LoopStats;
   health: Health;
+  /** What every loop of the process shares: backend state, connection counts. */
+  state: SharedState;
   log: Logger;
   /** The access log, or null when --access-log is off. */
   access: Logger | null;

@@ -68,9 +68,13 @@ export const FLAGS = {
     section: 'Routing and affinity', shownDefault: 'none: embedded store',
     help: 'memcached servers holding the bindings, consistent-hashed; without it the embedded store, local to this process, is used',
   }),
+  threads: one(int(0, 64), {
+    section: 'Routing and affinity', default: 0, shownDefault: 'the cores this process may use',
+    help: 'event loops, each running the whole request path on its own connections, all listening on `--listen` (SO_REUSEPORT); the first is the main thread, the others worker threads. `0`: as many as the cores this process may use (its CPU affinity and cgroup quota). See [Threads](#threads)',
+  }),
   workers: one(int(0, 256), {
     section: 'Routing and affinity', default: 0,
-    help: 'affinity worker threads; `0` runs affinity on the main thread (the fastest here, see [Benchmarks](#benchmarks)). Routing is identical for any N.',
+    help: 'affinity worker threads per event loop; `0` runs affinity on the event loop itself (the fastest here, see [Benchmarks](#benchmarks)). Routing is identical for any N.',
   }),
   'batch-max': one(int(1, 65536), {
     section: 'Routing and affinity', default: 256,
@@ -124,7 +128,7 @@ export const FLAGS = {
   // Backends
   'upstream-connections': one(int(1, 65536), {
     section: 'Backends', default: 256,
-    help: 'most keep-alive connections to each backend',
+    help: 'most connections to each backend from the whole process, split evenly between the `--threads` loops (at least one each)',
   }),
   'upstream-connect-timeout': one(int(1, 600_000, 'MS'), {
     section: 'Backends', default: 3000,
@@ -144,7 +148,7 @@ export const FLAGS = {
   }),
   'queue-max': one(int(0, 1_000_000), {
     section: 'Backends', default: 1024,
-    help: 'requests that may wait for a connection to one backend once it has `--upstream-connections` open; beyond, 503 with `Retry-After`',
+    help: 'requests that may wait, in each loop, for a connection to one backend once its share of `--upstream-connections` is open; beyond, 503 with `Retry-After`',
   }),
   'queue-timeout': one(int(1, HOUR_MS, 'MS'), {
     section: 'Backends', default: 5000,

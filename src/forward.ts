@@ -133,7 +133,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     this.backend = b;
     this.#attempts++;
     this.#released = false;
-    b.active++;
+    b.begin();
     b.pool.acquire(this);
   }
 
@@ -610,7 +610,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     if (this.#released || this.backend === null) return;
     this.#released = true;
     const b = this.backend;
-    b.active--;
+    b.end();
     b.stats.bytesIn += this.bytesIn;
     b.stats.bytesOut += this.bytesOut;
   }

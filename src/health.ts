@@ -1,12 +1,15 @@
 // Backend health: active checks (GET --health-path, with rise and fall
 // thresholds, off unless configured; through undici, which the data path does
-// not use) and passive ejection after consecutive connection failures or
-// gateway answers, with a cool-down. Ejection never takes the last backend
-// that is up, nor more than --max-ejection-percent of the pool.
+// not use; run by the main thread's loop alone) and passive ejection after
+// consecutive connection failures or gateway answers, with a cool-down, seen
+// by any loop. Both write the backend's one shared liveness state, so every
+// loop routes by the same verdict. Ejection never takes the last backend that
+// is up, nor more than --max-ejection-percent of the pool.
 import type { Dispatcher } from 'undici';
 import type { Backend, BackendSet } from './backends.ts';
 import type { Config } from './config.ts';
 import type { Logger } from './log.ts';
+import { LIVE_EJECTED, LIVE_UP, type SharedState } from './shared.ts';
 
 export type HealthOptions = Pick<Config, 'healthPath' | 'healthIntervalMs' | 'healthTimeoutMs' | 'healthRise' | 'healthFall' | 'ejectAfter' | 'ejectCooldownMs' | 'maxEjectionPercent' | 'ejectOn500'> & {
   /** PEM CA for https:// backends' checks. */
@@ -21,10 +24,14 @@ export class Health {
   #stopped = false;
   #agent: Promise<Dispatcher> | null = null;
 
-  constructor(backends: BackendSet, opts: HealthOptions, log: Logger) {
+  readonly #state: SharedState;
+
+  constructor(backends: BackendSet, opts: HealthOptions, log: Logger, state: SharedState) {
     this.#backends = backends;
     this.#opts = opts;
     this.#log = log;
+    this.#state = state;
+    state.onReturn = (slot) => this.#log.info({ backend: backends.nameOf(slot) }, 'backend back from ejection');
   }
 
   start(): void {
@@ -33,7 +40,7 @@ export class Health {
 
   /** Starts active checks of a backend (one added by a reload, too); they stop once it is removed. */
   watch(b: Backend): void {
-    if (this.#opts.healthPath !== null) this.#schedule(() => this.#check(b, 0, 0), 0);
+    if (this.#opts.healthPath !== null) this.#schedule(() => this.#check(b, true, 0, 0), 0);
   }
 
   stop(): void {
@@ -46,34 +53,30 @@ export class Health {
   /** A connection to the backend failed, it timed out, or it answered 5xx (`appError`: a 500 of the app itself). */
   failure(b: Backend, reason: string, appError: boolean): void {
     const o = this.#opts;
-    if (o.ejectAfter === 0 || b.ejected || (appError && !o.ejectOn500)) return;
-    if (++b.failures < o.ejectAfter) return;
+    const state = this.#state;
+    if (o.ejectAfter === 0 || (appError && !o.ejectOn500) || state.liveness(b.slot) !== LIVE_UP) return;
+    const failures = state.failed(b.slot);
+    if (failures < o.ejectAfter) return;
     const list = this.#backends.list;
     let up = 0;
     let ejected = 0;
     for (const x of list) {
       if (x.up) up++;
-      if (x.ejected) ejected++;
+      if (state.liveness(x.slot) === LIVE_EJECTED) ejected++;
     }
     if (b.up && up <= 1) return; // the last one up stays: a struggling backend beats none
     if (ejected > 0 && (ejected + 1) * 100 > o.maxEjectionPercent * list.length) return;
-    b.ejected = true;
-    b.refresh();
+    if (!state.eject(b.slot, Date.now() + o.ejectCooldownMs)) return; // another loop ejected it
     b.stats.ejections++;
-    this.#log.warn({ backend: b.name, reason, failures: b.failures, cooldownMs: o.ejectCooldownMs }, 'backend ejected');
-    this.#schedule(() => {
-      b.ejected = false;
-      b.failures = 0;
-      b.refresh();
-      this.#log.info({ backend: b.name }, 'backend back from ejection');
-    }, this.#opts.ejectCooldownMs);
+    this.#log.warn({ backend: b.name, reason, failures, cooldownMs: o.ejectCooldownMs }, 'backend ejected');
   }
 
   success(b: Backend): void {
-    b.failures = 0;
+    this.#state.succeeded(b.slot);
   }
 
-  async #check(b: Backend, passes: number, fails: number): Promise<void> {
+  /** One check; `healthy` is the verdict so far (a backend starts healthy), passes and fails the runs of each. */
+  async #check(b: Backend, healthy: boolean, passes: number, fails: number): Promise<void> {
     const o = this.#opts;
     let ok = false;
     try {
@@ -95,16 +98,16 @@ export class Health {
     if (!ok) b.stats.healthFailures++;
     if (this.#stopped || b.removed) return;
     if (ok) { passes++; fails = 0; } else { fails++; passes = 0; }
-    if (!b.healthy && passes >= o.healthRise) {
-      b.healthy = true;
-      b.refresh();
+    if (!healthy && passes >= o.healthRise) {
+      healthy = true;
+      this.#state.setHealthy(b.slot, true);
       this.#log.info({ backend: b.name }, 'backend healthy');
-    } else if (b.healthy && fails >= o.healthFall) {
-      b.healthy = false;
-      b.refresh();
+    } else if (healthy && fails >= o.healthFall) {
+      healthy = false;
+      this.#state.setHealthy(b.slot, false);
       this.#log.warn({ backend: b.name, path: o.healthPath }, 'backend failed its health checks');
     }
-    this.#schedule(() => this.#check(b, passes, fails), o.healthIntervalMs);
+    this.#schedule(() => this.#check(b, healthy, passes, fails), o.healthIntervalMs);
   }
 
   /** undici is loaded only when checks are on: the request path does not need it. */

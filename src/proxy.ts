@@ -1,271 +1,272 @@
-// Assembles the proxy from its parts and owns their lifetimes: start-up,
-// reloads of the backend list, and a graceful shutdown that lets requests
-// finish and flushes learns.
+// The process: it runs --threads event loops (the first on the main thread,
+// the others in worker threads, all listening on one address with
+// SO_REUSEPORT), owns what they share (shared.ts, the near cache, the
+// embedded store) and the backend slots, and everything that is one per
+// process: the admin API, active health checks, SIGHUP reloads, a graceful
+// shutdown or hand-over, and restarting a loop that crashed.
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
-import { setTimeout as sleep } from 'node:timers/promises';
-import type { Piscina } from 'piscina';
-import { Affinity, type BatchRunner } from './affinity.ts';
-import { Acceptor } from './accept.ts';
-import { BackendSet } from './backends.ts';
-import { createBalancer } from './balance.ts';
-import type { AffinityBatch, AffinityAnswer, ResolverSettings } from './batch.ts';
+import { Worker } from 'node:worker_threads';
 import { ConfigError, type BackendConfig, type Config } from './config.ts';
-import type { ProxyContext } from './context.ts';
-import { SessionCookieNames } from './cookies.ts';
-import { Deadlines } from './deadlines.ts';
-import { Health } from './health.ts';
-import { silent, type Logger } from './log.ts';
-import { loopMetrics, processRegistry, resolverMetrics, scrape, type MetricJson } from './metrics.ts';
-import { NearCache } from './near-cache.ts';
-import { Resolver, describeStore } from './resolver.ts';
-import { LoopStats, ResolverStats } from './stats.ts';
-import { MemcachedStore } from './store/memcached.ts';
-import { EmbeddedStore, embeddedStoreBytes } from './store/embedded.ts';
+import type { Logger } from './log.ts';
+import { Loop, type LoopSettings } from './loop.ts';
+import { processRegistry, scrape, type MetricJson } from './metrics.ts';
+import { nearCacheBytes } from './near-cache.ts';
+import { MAX_BACKENDS, MAX_LOOPS, SharedState, sharedMemory, type SharedMemory } from './shared.ts';
+import { embeddedStoreBytes } from './store/embedded.ts';
 import { VERSION } from './version.ts';
 
-const WORKER = new URL('../workers/affinity.ts', import.meta.url);
+const LOOP = new URL('../workers/loop.ts', import.meta.url);
+/** How long a scrape waits for a loop's or a worker's metrics. */
+const SCRAPE_WAIT_MS = 1000;
 
-// A worker's batches are mostly waiting on the store, so it works on many at once.
-const BATCHES_PER_WORKER = 32;
+/** Messages the main thread sends a loop thread, and what a loop thread answers. */
+export type ToLoop =
+  | { type: 'backends'; backends: LoopSettings['backends'] }
+  | { type: 'metrics'; id: number }
+  | { type: 'close'; timeoutMs: number; graceMs: number }
+  | { type: 'terminate-worker' }
+  | { type: 'crash' };
+export type FromLoop =
+  | { type: 'ready' }
+  | { type: 'metrics'; id: number; parts: MetricJson[][] }
+  | { type: 'closed' }
+  | { type: 'failed'; flag: string; message: string };
 
+/** A loop in a worker thread, as the main thread sees it. */
+class LoopThread {
+  readonly index: number;
+  worker: Worker;
+  closing = false;
 
-class PoolRunner implements BatchRunner {
-  readonly pool: Piscina<AffinityBatch, AffinityAnswer>;
-  /** Settles once every worker has booted, so no first batch waits on a worker's start-up. */
-  readonly ready: Promise<void>;
-
-  constructor(PiscinaClass: typeof Piscina, workers: number, settings: ResolverSettings, log: Logger) {
-    this.pool = new PiscinaClass({
-      filename: WORKER.href,
-      minThreads: workers,
-      maxThreads: workers,
-      idleTimeout: Infinity,
-      concurrentTasksPerWorker: BATCHES_PER_WORKER,
-      // 'sync' would block an idle worker in Atomics.wait, freezing the event
-      // loop that owns its memcached sockets.
-      atomics: 'disabled',
-      workerData: settings,
-    });
-    this.ready = new Promise((resolve, reject) => {
-      let booted = 0;
-      this.pool.on('workerCreate', () => { if (++booted === workers) resolve(); });
-      this.pool.once('error', reject);
-    });
-    // Piscina replaces a worker that dies; its batches are routed by the fallback.
-    this.pool.on('workerDestroy', () => log.warn('affinity worker ended; the pool replaces it'));
-    this.pool.on('error', (err: Error) => log.error({ err: err.message }, 'affinity worker failed'));
+  constructor(index: number, worker: Worker) {
+    this.index = index;
+    this.worker = worker;
   }
 
-  run(batch: AffinityBatch, signal: AbortSignal): Promise<AffinityAnswer> {
-    // Aborting a running task makes piscina terminate and replace its worker.
-    return this.pool.run(batch, { signal });
+  send(m: ToLoop): void {
+    this.worker.postMessage(m);
   }
-
-  close(): Promise<void> {
-    return this.pool.destroy();
-  }
-}
-
-class InlineRunner implements BatchRunner {
-  readonly resolver: Resolver;
-  readonly ready = Promise.resolve();
-
-  constructor(resolver: Resolver) {
-    this.resolver = resolver;
-  }
-
-  run(batch: AffinityBatch): Promise<AffinityAnswer> {
-    return this.resolver.run(batch);
-  }
-
-  close(): Promise<void> {
-    return this.resolver.close();
-  }
-}
-
-function embeddedMemory(config: Config): SharedArrayBuffer | null {
-  // With affinity off no batch is ever sent; the smallest table keeps the seam uniform.
-  if (config.sessionCookies.length === 0) return new SharedArrayBuffer(embeddedStoreBytes(1));
-  return config.memcache.length === 0 ? new SharedArrayBuffer(embeddedStoreBytes(config.embeddedMaxEntries)) : null;
 }
 
 export class StickyProxy {
   readonly config: Config;
   readonly log: Logger;
-  readonly backends: BackendSet;
-  readonly affinity: Affinity;
-  readonly health: Health;
-  readonly acceptor: Acceptor;
-  readonly ctx: ProxyContext;
+  readonly memory: SharedMemory;
+  readonly state: SharedState;
+  readonly loop: Loop;
+  readonly threads: LoopThread[] = [];
   readonly storeDescription: string;
-  readonly runner: BatchRunner;
-  readonly stats = new LoopStats();
-  readonly resolverStats: ResolverStats;
-  readonly deadlines: Deadlines;
   admin: Server | null = null;
   listening = false;
+  closing = false;
+  /** Loops restarted after a crash. */
+  restarts = 0;
+  readonly #settings: Omit<LoopSettings, 'index'>;
+  readonly #slots = new Map<string, { slot: number; url: string }>();
+  #nextSlot = 0;
+  #scrapeId = 0;
+  readonly #scrapes = new Map<number, (parts: MetricJson[][]) => void>();
 
-  private constructor(config: Config, log: Logger, settings: ResolverSettings, runner: BatchRunner, resolverStats: ResolverStats) {
+  private constructor(config: Config, log: Logger, memory: SharedMemory, loop: Loop, settings: Omit<LoopSettings, 'index'>, slots: Map<string, { slot: number; url: string }>) {
     this.config = config;
     this.log = log;
-    this.runner = runner;
-    this.resolverStats = resolverStats;
-    const affinityOff = config.sessionCookies.length === 0;
-    this.storeDescription = affinityOff ? 'none (affinity off)' : runner instanceof InlineRunner ? runner.resolver.store.description : describeStore(settings);
-    // The coarsest resolution that still honours the shortest timeout closely.
-    const shortest = Math.min(config.clientHeaderTimeoutMs, config.upstreamHeaderTimeoutMs, config.upstreamConnectTimeoutMs, config.queueTimeoutMs);
-    this.deadlines = new Deadlines(Math.max(10, Math.min(250, Math.floor(shortest / 4))));
-    this.backends = new BackendSet(config.backends, {
-      connections: config.upstreamConnections,
-      connectTimeoutMs: config.upstreamConnectTimeoutMs,
-      idleTimeoutMs: config.upstreamIdleTimeoutMs,
-      queueMax: config.queueMax,
-      queueTimeoutMs: config.queueTimeoutMs,
-      ca: config.backendCaPem,
-    }, this.deadlines);
-    // A near cache only helps in front of a remote store; the embedded one is local memory already.
-    const near = config.memcache.length > 0 && !affinityOff
-      ? new NearCache(config.nearCacheEntries, config.nearCacheTtlMs, config.defaultTtl * 1000)
-      : null;
-    this.affinity = new Affinity({
-      batchMax: config.batchMax,
-      // The store has its own deadline; this one only catches a dead or stuck
-      // worker, with room for a busy machine's scheduling delays.
-      deadlineMs: config.storeTimeoutMs + 500,
-      defaultTtl: config.defaultTtl,
-      near,
-      local: settings.embedded === null || affinityOff ? null : new EmbeddedStore(settings.embedded),
-      stats: this.stats,
-      resolverStats: this.resolverStats,
-    }, runner);
-    this.health = new Health(this.backends, { ...config, ca: config.backendCaPem }, log);
-    this.ctx = {
-      affinity: this.affinity,
-      backends: this.backends,
-      balancer: createBalancer(config.balance, this.backends.list),
-      stats: this.stats,
-      health: this.health,
-      log,
-      access: config.accessLog ? log.child({ access: true }) : null,
-      names: new SessionCookieNames(config.sessionCookies, config.cookiePickLast),
-      defaultTtl: config.defaultTtl,
-      retries: config.retries,
-      adopt: config.adopt,
-      closing: false,
-      proto: config.tls === null ? 'http' : 'https',
-      forwarded: config.forwarded,
-      rewriteHost: config.rewriteHost,
-      limits: { maxHeadBytes: config.maxHeadBytes, maxHeaders: config.maxHeaders, maxUrlBytes: config.maxUrlBytes },
-      deadlines: this.deadlines,
-      clientHeaderTimeoutMs: config.clientHeaderTimeoutMs,
-      clientIdleTimeoutMs: config.clientIdleTimeoutMs,
-      clientBodyTimeoutMs: config.clientBodyTimeoutMs,
-      upstreamHeaderTimeoutMs: config.upstreamHeaderTimeoutMs,
-      upstreamBodyTimeoutMs: config.upstreamBodyTimeoutMs,
-      clients: new Set(),
-    };
-    this.acceptor = new Acceptor(this.ctx, config);
+    this.memory = memory;
+    this.state = loop.state;
+    this.loop = loop;
+    this.#settings = settings;
+    this.#slots = slots;
+    this.#nextSlot = slots.size;
+    this.storeDescription = loop.storeDescription;
   }
 
-  static async start(config: Config, log: Logger = silent): Promise<StickyProxy> {
-    const settings: ResolverSettings = {
-      sessionCookies: config.sessionCookies,
-      defaultTtl: config.defaultTtl,
-      maxTtl: config.maxTtl,
-      keyPrefix: config.keyPrefix,
-      memcache: config.memcache,
-      storeTimeoutMs: config.storeTimeoutMs,
-      learnQueue: config.learnQueue,
-      embedded: embeddedMemory(config),
+  static async start(config: Config, log: Logger): Promise<StickyProxy> {
+    if (config.threads > MAX_LOOPS) throw new ConfigError('--threads', `at most ${MAX_LOOPS}`);
+    const memory = sharedMemory();
+    const state = new SharedState(memory, 0);
+    const slots = new Map<string, { slot: number; url: string }>();
+    const backends = config.backends.map((b, slot) => {
+      state.claim(slot, b.weight);
+      slots.set(b.name, { slot, url: b.url.href });
+      return { name: b.name, url: b.url.href, weight: b.weight, slot };
+    });
+    const affinityOn = config.sessionCookies.length > 0;
+    const settings: Omit<LoopSettings, 'index'> = {
+      loops: config.threads,
+      // Config's backends hold URLs, which do not cross threads: the loops take `backends`.
+      config: { ...config, backends: [] },
+      backends,
+      port: config.listenPort,
+      shared: memory,
+      near: affinityOn && config.memcache.length > 0 ? new SharedArrayBuffer(nearCacheBytes(config.nearCacheEntries)) : null,
+      // With affinity off nothing is ever looked up; the smallest table keeps the resolver's seam uniform.
+      embedded: config.memcache.length === 0 || !affinityOn ? new SharedArrayBuffer(embeddedStoreBytes(affinityOn ? config.embeddedMaxEntries : 1)) : null,
     };
-    const resolverStats = new ResolverStats();
-    const inline = config.workers === 0 || config.sessionCookies.length === 0;
-    // piscina is loaded only when there are workers to run.
-    const runner = inline
-      ? new InlineRunner(new Resolver(settings, resolverStats))
-      : new PoolRunner((await import('piscina')).Piscina, config.workers, settings, log);
-    const proxy = new StickyProxy(config, log, settings, runner, resolverStats);
-    await proxy.runner.ready;
-    await listen('--listen', proxy.acceptor.listener, config.listenPort, config.listenHost);
+    // Every loop's log lines say which loop wrote them.
+    const loop = await Loop.start({ ...settings, index: 0 }, log.child({ loop: 0 }));
+    // The other loops bind the port the first one got (--listen with port 0).
+    settings.port = loop.port;
+    const proxy = new StickyProxy(config, log, memory, loop, settings, slots);
+    try {
+      await Promise.all(Array.from({ length: config.threads - 1 }, (_, i) => proxy.#startThread(i + 1)));
+    } catch (err) {
+      await proxy.close(0);
+      throw err;
+    }
     if (config.admin !== null) {
-      // prom-client is loaded only when the admin API serves metrics.
+      // prom-client, the admin API and node:http are loaded only when the admin API is configured.
       const base = await processRegistry(VERSION);
-      // The admin API (and node:http for it) is loaded only when configured.
       const { createAdmin } = await import('./admin.ts');
       proxy.admin = createAdmin({
-        backends: proxy.backends,
-        metrics: () => scrape(proxy.#metricParts(), inline ? 0 : config.workers, base),
+        backends: loop.backends,
+        metrics: () => proxy.#metrics(base),
         listening: () => proxy.listening,
         log,
       });
       await listen('--admin', proxy.admin, config.admin.port, config.admin.host);
     }
-    proxy.health.start();
+    // Active health checks run here only; their verdict is shared with every loop.
+    loop.health.start();
     proxy.listening = true;
     return proxy;
   }
 
-  #metricParts(): MetricJson[][] {
-    const store = this.runner instanceof InlineRunner ? this.runner.resolver.store : null;
-    return [
-      loopMetrics(this.stats, this.backends.list, this.ctx.clients.size),
-      // Lookups answered on this thread (inline, or the embedded store read directly) are counted here too.
-      resolverMetrics(this.resolverStats, store instanceof MemcachedStore ? { queued: store.queued, dropped: store.dropped } : null),
-    ];
-  }
-
   get port(): number {
-    return (this.acceptor.listener.address() as AddressInfo).port;
+    return this.loop.port;
   }
 
   get adminPort(): number | null {
     return this.admin === null ? null : (this.admin.address() as AddressInfo).port;
   }
 
-  /** Applies a new backend list (a SIGHUP reload) without dropping a connection. */
-  applyBackends(configs: BackendConfig[]): void {
-    const { added, removed, reweighted } = this.backends.apply(configs);
-    for (const b of added) this.health.watch(b);
-    this.log.info({ added: added.map((b) => b.name), removed: removed.map((b) => b.name), reweighted: reweighted.map((b) => b.name) }, 'backends reloaded');
+  /** Starts loop `index` in a worker thread; resolves once it listens. */
+  #startThread(index: number): Promise<void> {
+    const worker = new Worker(LOOP, { workerData: { ...this.#settings, index } satisfies LoopSettings });
+    const t = new LoopThread(index, worker);
+    this.threads[index - 1] = t;
+    return new Promise<void>((resolve, reject) => {
+      let ready = false;
+      worker.on('message', (m: FromLoop) => {
+        if (m.type === 'ready') {
+          ready = true;
+          resolve();
+        } else if (m.type === 'failed') {
+          reject(new ConfigError(m.flag, m.message));
+        } else if (m.type === 'metrics') {
+          this.#scrapes.get(m.id)?.([...m.parts]);
+        }
+      });
+      worker.on('error', (err: Error) => {
+        if (!ready) reject(err);
+        else this.log.error({ loop: index, err: err.message }, 'event loop thread failed');
+      });
+      worker.on('exit', (code) => {
+        if (!ready || t.closing || this.closing) return;
+        // Its connections are lost; the other loops' are not. Its counters go with it.
+        this.restarts++;
+        this.state.clearLoop(index);
+        this.log.error({ loop: index, code, restarts: this.restarts }, 'event loop thread ended; starting it again');
+        this.#startThread(index).catch((err: Error) => this.log.error({ loop: index, err: err.message }, 'event loop thread could not start again'));
+      });
+    });
   }
 
-  /** Fault injection for tests (STICKY_PROXY_TEST_HOOKS=1, SIGUSR2): ends one affinity worker. */
+  /** Applies a new backend list (a SIGHUP reload) in every loop, without dropping a connection. */
+  applyBackends(configs: BackendConfig[]): void {
+    const list: LoopSettings['backends'] = [];
+    const added: string[] = [];
+    const reweighted: string[] = [];
+    for (const c of configs) {
+      let s = this.#slots.get(c.name);
+      if (s === undefined || s.url !== c.url.href) {
+        // A new backend, or one at another address: a fresh slot, never one still in use.
+        if (this.#nextSlot >= MAX_BACKENDS) {
+          this.log.error({ backend: c.name, max: MAX_BACKENDS }, 'reload: no backend slot left in this process; restart it to apply');
+          return;
+        }
+        s = { slot: this.#nextSlot++, url: c.url.href };
+        this.#slots.set(c.name, s);
+        this.state.claim(s.slot, c.weight);
+        added.push(c.name);
+      } else if (this.state.weight(s.slot) !== c.weight) {
+        this.state.setWeight(s.slot, c.weight);
+        reweighted.push(c.name);
+      }
+      list.push({ name: c.name, url: c.url.href, weight: c.weight, slot: s.slot });
+    }
+    const wanted = new Set(configs.map((c) => c.name));
+    const removed = [...this.#slots.keys()].filter((name) => !wanted.has(name));
+    for (const name of removed) {
+      this.state.release(this.#slots.get(name)!.slot);
+      this.#slots.delete(name);
+    }
+    this.#settings.backends = list;
+    this.loop.applyBackends(list);
+    for (const t of this.threads) t.send({ type: 'backends', backends: list });
+    this.log.info({ added, removed, reweighted }, 'backends reloaded');
+  }
+
+  /** Every loop's metrics and every affinity worker's, summed. */
+  async #metrics(base: Parameters<typeof scrape>[2]): Promise<{ contentType: string; text: string }> {
+    const id = ++this.#scrapeId;
+    const parts: MetricJson[][] = [...this.loop.metricParts()];
+    const live = this.threads.filter((t) => !t.closing);
+    if (live.length > 0) {
+      await new Promise<void>((resolve) => {
+        let answered = 0;
+        const timer = setTimeout(resolve, SCRAPE_WAIT_MS);
+        this.#scrapes.set(id, (p) => {
+          parts.push(...p);
+          if (++answered === live.length) { clearTimeout(timer); resolve(); }
+        });
+        for (const t of live) t.send({ type: 'metrics', id });
+      });
+      this.#scrapes.delete(id);
+    }
+    parts.push(this.#processMetrics());
+    const workers = this.config.sessionCookies.length > 0 ? this.config.workers * this.config.threads : 0;
+    return scrape(parts, workers, base, SCRAPE_WAIT_MS);
+  }
+
+  #processMetrics(): MetricJson[] {
+    return [
+      { name: 'sticky_event_loops', help: 'Event loops serving requests (--threads)', type: 'gauge', values: [{ value: this.config.threads, labels: {} }], aggregator: 'max' },
+      { name: 'sticky_event_loop_restarts_total', help: 'Event loop threads restarted after a crash', type: 'counter', values: [{ value: this.restarts, labels: {} }], aggregator: 'sum' },
+    ] as unknown as MetricJson[];
+  }
+
+  /** Fault injection for tests (STICKY_PROXY_TEST_HOOKS=1): ends one affinity worker of the first loop. */
   terminateOneWorker(): void {
-    if (this.runner instanceof PoolRunner) void this.runner.pool.threads[0]?.terminate();
+    this.loop.terminateOneWorker();
+  }
+
+  /** Fault injection for tests (STICKY_PROXY_TEST_HOOKS=1): the second loop throws, as a bug would. */
+  crashLoop(): void {
+    this.threads[0]?.send({ type: 'crash' });
   }
 
   /**
-   * Stops accepting, lets in-flight requests finish (up to timeoutMs) with
-   * Connection: close, closes idle keep-alive connections, flushes pending
-   * learns, and releases everything.
+   * Stops accepting in every loop, lets in-flight requests finish (up to
+   * timeoutMs) with Connection: close, closes idle keep-alive connections
+   * (with `graceMs`, only those idle that long: a hand-over to a new process),
+   * flushes pending learns, and releases everything.
    */
-  async close(timeoutMs = 0): Promise<void> {
-    const ctx = this.ctx;
-    ctx.closing = true;
+  async close(timeoutMs = 0, graceMs = 0): Promise<void> {
+    this.closing = true;
     this.listening = false;
-    this.acceptor.listener.close();
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      for (const c of ctx.clients) if (c.idle) c.destroy();
-      if (ctx.clients.size === 0 || Date.now() >= deadline) break;
-      await sleep(25);
-    }
-    if (ctx.clients.size > 0) {
-      this.log.warn({ open: ctx.clients.size }, 'shutdown timeout: closing connections with requests in flight');
-      for (const c of ctx.clients) c.destroy();
-    }
-    this.health.stop();
+    const threads = this.threads.map((t) => new Promise<void>((resolve) => {
+      t.closing = true;
+      t.worker.once('exit', () => resolve());
+      t.send({ type: 'close', timeoutMs, graceMs });
+    }));
+    await Promise.all([this.loop.close(timeoutMs, graceMs), ...threads]);
     this.admin?.close();
     this.admin?.closeAllConnections();
-    await this.affinity.close();
-    this.backends.close();
-    this.deadlines.stop();
   }
 }
 
 /** Listens, or rejects with a ConfigError naming the flag whose address could not be bound. */
-function listen(flag: string, server: { listen(port: number, host: string, cb: () => void): unknown; once(e: 'error', f: (err: Error) => void): unknown; off(e: 'error', f: (err: Error) => void): unknown }, port: number, host: string): Promise<void> {
+function listen(flag: string, server: Server, port: number, host: string): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const fail = (err: NodeJS.ErrnoException): void => reject(new ConfigError(flag, `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${port} (${err.code ?? err.message})`));
     server.once('error', fail);

@@ -84,6 +84,6 @@ export class Tunnel implements ConnectionUser {
     if (this.#gone) return;
     this.#gone = true;
     clearInterval(this.#refresh);
-    this.backend.active--;
+    this.backend.end();
   }
 }

@@ -4,12 +4,24 @@ import assert from 'node:assert/strict';
 import { Backend } from '../src/backends.ts';
 import { LeastConn, RandomTwo, RoundRobin } from '../src/balance.ts';
 import { Deadlines } from '../src/deadlines.ts';
+import { SharedState, sharedMemory } from '../src/shared.ts';
 
 const UPSTREAM = { connections: 1, connectTimeoutMs: 1000, idleTimeoutMs: 1000, queueMax: 1, queueTimeoutMs: 1000, ca: null };
 const DEADLINES = new Deadlines(100);
 
+let state: SharedState;
+
 function backends(weights: number[]): Backend[] {
-  return weights.map((w, i) => new Backend({ name: `b${i}`, url: new URL(`http://127.0.0.1:${1000 + i}`), weight: w }, UPSTREAM, DEADLINES));
+  state = new SharedState(sharedMemory(), 0);
+  return weights.map((w, i) => {
+    state.claim(i, w);
+    return new Backend({ name: `b${i}`, url: new URL(`http://127.0.0.1:${1000 + i}`), weight: w, slot: i }, UPSTREAM, DEADLINES, state);
+  });
+}
+
+/** What failing health checks do: the backend's shared liveness goes down. */
+function down(b: Backend): void {
+  state.setHealthy(b.slot, false);
 }
 
 function tally(pick: () => Backend | null, n: number): Record<string, number> {
@@ -20,7 +32,7 @@ function tally(pick: () => Backend | null, n: number): Record<string, number> {
 
 test('round robin honours weights and interleaves picks', () => {
   const bs = backends([3, 1, 0]);
-  const rr = new RoundRobin(bs);
+  const rr = new RoundRobin(bs, () => state.ticket());
   const seq = Array.from({ length: 8 }, () => rr.pick()!.name);
   assert.deepEqual(tally(() => rr.pick(), 400), { b0: 300, b1: 100 });
   assert.ok(!seq.join(',').includes('b0,b0,b0,b0'), `smooth: ${seq}`);
@@ -28,11 +40,28 @@ test('round robin honours weights and interleaves picks', () => {
 
 test('round robin skips backends that are down and answers null when none is up', () => {
   const bs = backends([1, 1]);
-  const rr = new RoundRobin(bs);
-  bs[0].healthy = false; bs[0].refresh();
+  const rr = new RoundRobin(bs, () => state.ticket());
+  down(bs[0]);
   assert.deepEqual(tally(() => rr.pick(), 10), { b1: 10 });
-  bs[1].healthy = false; bs[1].refresh();
+  down(bs[1]);
   assert.equal(rr.pick(), null);
+});
+
+test('round robin is one rotation for the process: two loops sharing the state take turns', () => {
+  const memory = sharedMemory();
+  const loops = [0, 1].map((loop) => {
+    const s = new SharedState(memory, loop);
+    const bs = [0, 1, 2].map((i) => {
+      if (loop === 0) s.claim(i, 1);
+      return new Backend({ name: `b${i}`, url: new URL(`http://127.0.0.1:${1000 + i}`), weight: 1, slot: i }, UPSTREAM, DEADLINES, s);
+    });
+    return new RoundRobin(bs, () => s.ticket());
+  });
+  // Requests alternate between the loops, as the kernel spreads connections:
+  // one rotation means no backend twice in a row.
+  const picks = Array.from({ length: 6 }, (_, i) => loops[i % 2].pick()!.name);
+  for (let i = 1; i < picks.length; i++) assert.notEqual(picks[i], picks[i - 1], picks.join(','));
+  assert.equal(new Set(picks.slice(0, 3)).size, 3, picks.join(','));
 });
 
 test('least-conn picks the fewest in flight per weight', () => {
@@ -56,6 +85,6 @@ test('random-two follows weights when idle and prefers the less loaded', () => {
   bs[0].active = 100;
   const loaded = tally(() => r2.pick(), 100);
   assert.equal(loaded.b1, 100, 'with two candidates the idle one always wins');
-  bs[1].healthy = false; bs[1].refresh();
+  down(bs[1]);
   assert.deepEqual(tally(() => r2.pick(), 10), { b0: 10 });
 });

@@ -356,7 +356,7 @@ test('an affinity worker killed under load: no failed request', T, async () => {
     const running = load(proxy.url, { concurrency: 16, durationMs: 3000, shot: sessionShot('w', 20) });
     for (let k = 0; k < 3; k++) {
       await sleep(700); // the scenario: a worker killed every 0.7 s under load
-      process.kill(proxy.pid, 'SIGUSR2');
+      process.kill(proxy.pid, 'SIGTTIN');
     }
     const r = await running;
     assert.equal(r.failed, 0, r.failures.join('; '));
@@ -372,7 +372,7 @@ const STUCK = 'PHPSESSID=sticky-proxy-test-stuck-worker';
 
 test('a stuck affinity worker (--workers 1): requests with a session cookie are answered within the batch deadline, by the fallback route', T, async () => {
   const storeTimeout = 100;
-  const proxy = await startProxy([...backendFlags(origins), '--memcache', mc.address, '--workers', '1', '--store-timeout', String(storeTimeout), '--key-prefix', `stuck-${Date.now()}:`, '--access-log'], { STICKY_PROXY_TEST_HOOKS: '1' });
+  const proxy = await startProxy([...backendFlags(origins), '--memcache', mc.address, '--workers', '1', '--threads', '1', '--store-timeout', String(storeTimeout), '--key-prefix', `stuck-${Date.now()}:`, '--access-log'], { STICKY_PROXY_TEST_HOOKS: '1' });
   try {
     assert.equal((await get(proxy.url, undefined, { cookie: 'PHPSESSID=warm-up' })).status, 200, 'the worker has started');
     const stuck = get(proxy.url, undefined, { cookie: STUCK });

@@ -44,7 +44,8 @@ before(async () => {
       res.end(JSON.stringify(seen));
     });
   });
-  proxy = await startProxy(['--backend', `echo=${echo.url}`, '--forwarded']);
+  // One loop: backend connections are reused within a loop.
+  proxy = await startProxy(['--backend', `echo=${echo.url}`, '--forwarded', '--threads', '1']);
 });
 after(async () => {
   await proxy.stop();

@@ -47,7 +47,8 @@ function stalledUpload(url: string): { socket: Socket; answer: () => string; clo
 describe('limits', { timeout: 60_000 }, () => {
   let proxy: ProxyProcess;
   before(async () => {
-    proxy = await startProxy(['--backend', `o=${origin.url}`, '--client-body-timeout', '600', '--upstream-connections', '1',
+    // One loop: the connection cap is split between loops, so one connection means one loop.
+    proxy = await startProxy(['--backend', `o=${origin.url}`, '--client-body-timeout', '600', '--upstream-connections', '1', '--threads', '1',
       '--queue-timeout', '500', '--upstream-idle-timeout', '700', '--no-affinity']);
   });
   after(async () => { await proxy.stop(); });
@@ -88,7 +89,7 @@ describe('limits', { timeout: 60_000 }, () => {
 });
 
 test('--queue-max 0: a request beyond the connection cap gets 503 at once', { timeout: 30_000 }, async () => {
-  const proxy = await startProxy(['--backend', `o=${origin.url}`, '--upstream-connections', '1', '--queue-max', '0', '--no-affinity']);
+  const proxy = await startProxy(['--backend', `o=${origin.url}`, '--upstream-connections', '1', '--threads', '1', '--queue-max', '0', '--no-affinity']);
   try {
     const up = stalledUpload(proxy.url);
     await waitFor(() => openSockets >= 1, { what: 'the upload to reach the origin' });

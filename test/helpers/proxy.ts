@@ -36,10 +36,11 @@ export class ProxyProcess {
     return Number(m![1]) / 1024;
   }
 
-  async stop(): Promise<number | null> {
+  /** Stops it with `signal` (SIGTERM drains; SIGUSR2 hands over), SIGKILL after 10 s; its exit code. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.proc.exitCode;
     const exited = once(this.proc, 'exit');
-    process.kill(this.pid, 'SIGTERM');
+    process.kill(this.pid, signal);
     const timer = setTimeout(() => { if (this.proc.exitCode === null) process.kill(this.pid, 'SIGKILL'); }, 10_000);
     const [code] = await exited;
     clearTimeout(timer);
