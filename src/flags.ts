@@ -114,7 +114,7 @@ export const FLAGS = {
   }),
   'near-cache-entries': one(int(16, 10_000_000), {
     section: 'Routing and affinity', default: 65536,
-    help: 'bindings the near cache remembers (per event loop)',
+    help: 'bindings the near cache remembers (one table per process, shared by every event loop)',
   }),
   'no-adopt': sw({
     section: 'Routing and affinity',
