@@ -121,6 +121,23 @@ export function cpuSeconds(pids: number[]): number {
 }
 
 /** Sum of the processes' peak resident set sizes (VmHWM), in MiB. */
+/** Pins every thread of each process to `cpus` (taskset's list syntax); threads made later inherit it. */
+export function pin(pids: number[], cpus: string): void {
+  for (const pid of pids) execFileSync(which('taskset') ?? 'taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+}
+
+/** Resident memory now (VmRSS), summed over `pids`, in MiB. */
+export function rssMiB(pids: number[]): number {
+  let kb = 0;
+  for (const pid of pids) {
+    try {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
+      if (m) kb += Number(m[1]);
+    } catch { /* exited */ }
+  }
+  return kb / 1024;
+}
+
 export function peakRssMiB(pids: number[]): number {
   let kb = 0;
   for (const pid of pids) {

@@ -120,6 +120,8 @@ export interface StickyOptions {
   memcache: string | null;
   workers: number;
   affinity: boolean;
+  /** --threads; null: the default (the cores the process may use). */
+  threads: number | null;
 }
 
 export async function startSticky(origins: Origins, o: StickyOptions): Promise<Running> {
@@ -129,6 +131,7 @@ export async function startSticky(origins: Origins, o: StickyOptions): Promise<R
     if (o.memcache !== null) args.push('--memcache', o.memcache);
     args.push('--workers', String(o.workers));
   }
+  if (o.threads !== null) args.push('--threads', String(o.threads));
   const p = await startProxy(args);
   track(p.proc);
   return {
@@ -138,13 +141,14 @@ export async function startSticky(origins: Origins, o: StickyOptions): Promise<R
   };
 }
 
-export async function startHaproxy(peersDir: string, dir: string, origins: Origins): Promise<Running> {
+export async function startHaproxy(peersDir: string, dir: string, origins: Origins, nbthread = 1): Promise<Running> {
   const port = await freePort();
   let n = 0;
   const conf = readFileSync(join(peersDir, 'haproxy-stick.cfg'), 'utf8')
+    .replace(/nbthread \d+/, `nbthread ${nbthread}`)
     .replace(/bind 127\.0\.0\.1:\d+/, `bind 127.0.0.1:${port}`)
     .replace(/(server \S+ 127\.0\.0\.1:)\d+/g, (_m, pre: string) => `${pre}${origins.servers[n++].port}`);
-  const file = join(dir, 'haproxy.cfg');
+  const file = join(dir, `haproxy-${nbthread}.cfg`);
   writeFileSync(file, conf);
   const proc = spawnTracked(which('haproxy')!, ['-db', '-f', file]);
   await waitForPort(port, 5000, proc, stderrTail(proc));

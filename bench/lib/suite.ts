@@ -4,13 +4,14 @@
 // whole run. Used by bench/run.ts (npm run bench) and bench/quick.ts.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type * as hdr from 'hdr-histogram-js';
 import { startMemcached, type Memcached } from '../../test/helpers/memcached.ts';
 import type { Job } from '../loadgen.ts';
 import { drive, type ProgressSink } from './drive.ts';
-import { killAll, peakRssMiB, track, which } from './procs.ts';
+import { killAll, peakRssMiB, pin, rssMiB, track, which } from './procs.ts';
 import {
   ensureHttpProxy, startHaproxy, startHttpProxy, startNginxHash, startOrigins, startSticky,
   LARGE_BYTES, type Origins, type Running,
@@ -42,6 +43,8 @@ export interface TargetDef {
   /** A sticky-proxy configuration (or another balancer), not the origin itself. */
   proxy: boolean;
   needs: Needs;
+  /** CPUs its processes are pinned to (taskset), for the thread curve; none: unpinned. */
+  cpus?: string;
   start(env: Env): Promise<Running>;
 }
 
@@ -53,15 +56,20 @@ interface Env {
   httpProxyPath: string | null;
 }
 
-function sticky(id: string, label: string, store: 'memcached' | 'embedded' | 'none', workers: number): TargetDef {
+function sticky(id: string, label: string, store: 'memcached' | 'embedded' | 'none', workers: number, threads: number | null = null): TargetDef {
   return {
     id,
     label,
     proxy: true,
     needs: store === 'memcached' ? 'memcached' : null,
-    start: (env) => startSticky(env.origins, { memcache: store === 'memcached' ? env.memcache : null, workers, affinity: store !== 'none' }),
+    start: (env) => startSticky(env.origins, { memcache: store === 'memcached' ? env.memcache : null, workers, affinity: store !== 'none', threads }),
   };
 }
+
+/** The thread curve: N threads pinned to the first min(N, cores) CPUs, for sticky-proxy and HAProxy alike. */
+export const THREAD_COUNTS = [1, 2, 4];
+const CORES = availableParallelism();
+const cpusFor = (n: number): string => (Math.min(n, CORES) === 1 ? '0' : `0-${Math.min(n, CORES) - 1}`);
 
 export const TARGETS: TargetDef[] = [
   {
@@ -72,6 +80,11 @@ export const TARGETS: TargetDef[] = [
   ...[0, 1, 2, 4].map((w) => sticky(`sp-emb-w${w}`, `sticky-proxy, embedded store, --workers ${w}`, 'embedded', w)),
   sticky('sp-noaff', 'sticky-proxy --no-affinity', 'none', 0),
   { id: 'haproxy', label: 'HAProxy stick table', proxy: true, needs: 'haproxy', start: (env) => startHaproxy(env.peersDir, env.dir, env.origins) },
+  ...THREAD_COUNTS.map((n): TargetDef => ({ ...sticky(`sp-t${n}`, `sticky-proxy, memcached, --threads ${n}, pinned to CPUs ${cpusFor(n)}`, 'memcached', 0, n), cpus: cpusFor(n) })),
+  ...THREAD_COUNTS.map((n): TargetDef => ({
+    id: `haproxy-t${n}`, label: `HAProxy stick table, nbthread ${n}, pinned to CPUs ${cpusFor(n)}`, proxy: true, needs: 'haproxy', cpus: cpusFor(n),
+    start: (env) => startHaproxy(env.peersDir, env.dir, env.origins, n),
+  })),
   { id: 'nginx-hash', label: 'NGINX hash on cookie', proxy: true, needs: 'nginx', start: (env) => startNginxHash(env.peersDir, env.dir, env.origins) },
   {
     id: 'http-proxy', label: 'node-http-proxy + Map affinity', proxy: true, needs: 'http-proxy',
@@ -80,9 +93,10 @@ export const TARGETS: TargetDef[] = [
 ];
 
 const ALL = TARGETS.map((t) => t.id);
+const CURVE = TARGETS.filter((t) => t.cpus !== undefined).map((t) => t.id);
 const CORE = ['origin', 'sp-mc-w0', 'sp-emb-w0', 'sp-noaff', 'haproxy', 'nginx-hash', 'http-proxy'];
-/** Default targets per scenario: the --workers sweep where affinity work matters most. */
-export const DEFAULT_TARGETS: Record<string, string[]> = { seed: ALL, storm: ALL, large: CORE, upload: CORE, conns: CORE };
+/** Default targets per scenario: the --workers sweep where affinity work matters most, the thread curve on seed. */
+export const DEFAULT_TARGETS: Record<string, string[]> = { seed: ALL, storm: ALL.filter((t) => !CURVE.includes(t)), large: CORE, upload: CORE, conns: CORE };
 export const QUICK_TARGETS = ['origin', 'sp-mc-w0', 'sp-emb-w0', 'sp-noaff'];
 
 export interface Options {
@@ -122,6 +136,8 @@ export interface Row {
   sessionsLearnt: number;
   /** Target's processes: peak RSS (VmHWM) over its life, CPU in the measured window (100 = one core). */
   peakRssMiB: number;
+  /** Resident memory once started, before any load (sticky-proxy: with memcached connected). */
+  startRssMiB: number;
   cpuPercent: number;
   originCpuPercent: number;
   generatorCpuPercent: number;
@@ -130,6 +146,9 @@ export interface Row {
   idleRequests: number;
   seconds: number;
 }
+
+/** A started target settles (workers warm, memcached connected) before its idle memory is read. */
+const START_SETTLE_MS = 1000;
 
 export interface Failure { scenario: string; target: string; reason: string }
 
@@ -259,6 +278,9 @@ export async function runSuite(opts: Options): Promise<SuiteResult> {
       let target: Running | null = null;
       try {
         target = await t.start(env);
+        if (t.cpus !== undefined) pin(target.pids(), t.cpus);
+        await sleep(START_SETTLE_MS);
+        const startRss = rssMiB(target.pids());
         const job: Job = {
           port: target.port,
           connections: opts.connections,
@@ -303,6 +325,7 @@ export async function runSuite(opts: Options): Promise<SuiteResult> {
           affinityMisses: r.affinityMisses,
           sessionsLearnt: r.sessionsLearnt,
           peakRssMiB: Math.round(peak * 10) / 10,
+          startRssMiB: Math.round(startRss * 10) / 10,
           cpuPercent: Math.round((m.targetCpu / r.seconds) * 100),
           originCpuPercent: Math.round((m.originCpu / r.seconds) * 100),
           generatorCpuPercent: Math.round((r.cpuSeconds / r.seconds) * 100),
