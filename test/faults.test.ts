@@ -304,6 +304,41 @@ test('passive ejection: after --eject-after 502 answers a backend rests for --ej
   }
 });
 
+test('an app that answers 500 on one path: no ejection by default; with --eject-on-500 at most --max-ejection-percent of the pool, and other paths keep being served', T, async () => {
+  const broken = (name: string): Promise<Origin> => startOrigin(name, (req, res, o) => {
+    req.resume();
+    res.writeHead(req.url === '/broken' ? 500 : 200, { 'x-backend': o.name });
+    res.end();
+  });
+  const pool = [await broken('p1'), await broken('p2'), await broken('p3')];
+  const states = async (admin: string): Promise<string[]> =>
+    ((await (await request(`${admin}/backends`)).body.json()) as { state: string }[]).map((b) => b.state);
+  try {
+    for (const extra of [[], ['--eject-on-500']]) {
+      const p = await startProxy([...backendFlags(pool), '--no-affinity', '--eject-after', '2', '--eject-cooldown', '60000', '--admin', '127.0.0.1:0', ...extra]);
+      const admin = p.output.find((l) => l.startsWith('admin on '))!.slice('admin on '.length);
+      try {
+        for (let i = 0; i < 30; i++) assert.equal((await get(`${p.url}/broken`)).status, 500, 'the app\'s 500 passes through');
+        const down = (await states(admin)).filter((s) => s === 'down').length;
+        if (extra.length === 0) assert.equal(down, 0, 'an app\'s 500 ejects nothing by default');
+        else assert.equal(down, 1, 'with --eject-on-500, at most 50% of three: one backend');
+        // A fresh client on another path is served, never the proxy's own 503.
+        const seen = new Set<string>();
+        for (let i = 0; i < 6; i++) {
+          const r = await get(`${p.url}/ok`);
+          assert.equal(r.status, 200);
+          seen.add(r.headers['x-backend'] as string);
+        }
+        assert.equal(seen.size, 3 - down, `served by ${[...seen]}`);
+      } finally {
+        await p.stop();
+      }
+    }
+  } finally {
+    await Promise.all(pool.map((o) => o.close()));
+  }
+});
+
 test('passive ejection of a killed backend: refused connections eject it (requests retried elsewhere), and it is back in the pool after the cool-down', T, async () => {
   const dead = await startOriginProcess('dead');
   const p = await startProxy(['--backend', `a=${origins[0].url}`, ...backendFlags([dead]), '--no-affinity', '--eject-after', '2', '--eject-cooldown', '1500', '--admin', '127.0.0.1:0']);
