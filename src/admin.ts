@@ -10,7 +10,16 @@ export interface AdminDeps {
   metrics: () => Promise<{ contentType: string; text: string }>;
   /** True once the proxy listens. */
   listening: () => boolean;
+  /** Said by /readyz beside `ready`, which it does not change. */
+  affinity: () => AffinityReadiness;
   log: Logger;
+}
+
+/** `degraded` while a memcached server is down: affinity is partial, the proxy still serves. */
+export interface AffinityReadiness {
+  affinity: 'ok' | 'degraded' | 'off';
+  /** Each memcached server, true while it answers. */
+  store?: Record<string, boolean>;
 }
 
 const ACTIONS: Record<string, AdminState> = { drain: 'draining', disable: 'disabled', enable: 'enabled' };
@@ -39,7 +48,7 @@ export function createAdmin(deps: AdminDeps): Server {
     if (req.method === 'GET' && path === '/healthz') return send(res, 200, { status: 'ok' });
     if (req.method === 'GET' && path === '/readyz') {
       const ready = deps.listening() && deps.backends.list.some((b) => b.up);
-      return send(res, ready ? 200 : 503, { ready });
+      return send(res, ready ? 200 : 503, { ready, ...deps.affinity() });
     }
     if (req.method === 'GET' && path === '/backends') return send(res, 200, describe());
     const m = /^\/backends\/([^/]+)\/(drain|disable|enable)$/.exec(path);

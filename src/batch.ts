@@ -69,6 +69,8 @@ export interface ResolverSettings {
   storeTimeoutMs: number;
   /** Learns kept per thread while memcached cannot take them. */
   learnQueue: number;
+  /** The process's memcached outage counters (store/outage.ts), which the main thread's store watch reports. */
+  outageCounters: SharedArrayBuffer | null;
   /** The embedded store's shared memory, when memcached is not configured. */
   embedded: SharedArrayBuffer | null;
 }

@@ -19,7 +19,7 @@ import { SessionCookieNames } from './cookies.ts';
 import { Deadlines } from './deadlines.ts';
 import { Health } from './health.ts';
 import type { Logger } from './log.ts';
-import { loopMetrics, resolverMetrics, type MetricJson } from './metrics.ts';
+import { loopMetrics, resolverMetrics, workerPoolMetrics, type MetricJson } from './metrics.ts';
 import { NearCache } from './near-cache.ts';
 import { Resolver, describeStore } from './resolver.ts';
 import { SharedState, type SharedMemory } from './shared.ts';
@@ -47,6 +47,8 @@ export interface LoopSettings {
   /** The near cache's memory (with memcached), the embedded store's (without). */
   near: SharedArrayBuffer | null;
   embedded: SharedArrayBuffer | null;
+  /** The memcached stores' outage counters (store/outage.ts), which the main thread's store watch reports. */
+  outageCounters: SharedArrayBuffer | null;
 }
 
 class PoolRunner implements BatchRunner {
@@ -198,6 +200,7 @@ export class Loop {
       memcache: affinityOff ? [] : config.memcache,
       storeTimeoutMs: config.storeTimeoutMs,
       learnQueue: config.learnQueue,
+      outageCounters: s.outageCounters,
       embedded: s.embedded,
     };
     const resolverStats = new ResolverStats();
@@ -223,6 +226,7 @@ export class Loop {
       loopMetrics(this.stats, this.backends.list, this.ctx.clients.size),
       // Lookups answered on this thread (inline, or the embedded store read directly) are counted here too.
       resolverMetrics(this.resolverStats, store instanceof MemcachedStore ? { queued: store.queued, dropped: store.dropped } : null),
+      ...(this.runner instanceof PoolRunner ? [workerPoolMetrics(this.runner.pool)] : []),
     ];
   }
 

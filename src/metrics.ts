@@ -17,7 +17,7 @@ type Labels = Record<string, string | number>;
 class Sheet {
   readonly out: MetricJson[] = [];
 
-  add(name: string, help: string, type: 'counter' | 'gauge', values: { value: number; labels?: Labels }[], aggregator: 'sum' | 'max' = 'sum'): void {
+  add(name: string, help: string, type: 'counter' | 'gauge', values: { value: number; labels?: Labels }[], aggregator: 'sum' | 'max' | 'average' = 'sum'): void {
     this.out.push({ name, help, type, values: values.map((v) => ({ value: v.value, labels: v.labels ?? {} })), aggregator } as unknown as MetricJson);
   }
 
@@ -58,14 +58,20 @@ export function resolverMetrics(s: ResolverStats, queue: { queued: number; dropp
 }
 
 const STATES = ['up', 'draining', 'disabled', 'down'] as const;
+// Statuses whose series exist from the first scrape, at 0, so an alert's rate()
+// sees the first one: the gateway errors per backend, the proxy's own 503.
+const PRESET_BACKEND_STATUSES = [502, 503, 504];
+const PRESET_NONE_STATUSES = [503];
 
 /** One event loop's counts: requests, routing, backends, clients. */
 export function loopMetrics(l: LoopStats, backends: readonly Backend[], clients: number): MetricJson[] {
   const m = new Sheet();
   const requests: { value: number; labels: Labels }[] = [];
   const series = (pick: (b: Backend) => number) => backends.map((b) => ({ value: pick(b), labels: { backend: b.name } }));
-  for (const [name, st] of [...backends.map((b) => [b.name, b.stats] as const), ['none', l.none] as const]) {
-    for (let status = 100; status < 600; status++) if (st.statuses[status] > 0) requests.push({ value: st.statuses[status], labels: { backend: name, status } });
+  for (const [name, st, preset] of [...backends.map((b) => [b.name, b.stats, PRESET_BACKEND_STATUSES] as const), ['none', l.none, PRESET_NONE_STATUSES] as const]) {
+    for (let status = 100; status < 600; status++) {
+      if (st.statuses[status] > 0 || preset.includes(status)) requests.push({ value: st.statuses[status], labels: { backend: name, status } });
+    }
   }
   m.add('sticky_requests_total', 'Requests answered, by backend and status (backend "none" for answers of the proxy itself)', 'counter', requests);
   m.histogram('sticky_request_duration_seconds', 'Time from request to response head, by backend', backends.map((b) => ({ h: b.stats.latency, labels: { backend: b.name } })));
@@ -77,7 +83,8 @@ export function loopMetrics(l: LoopStats, backends: readonly Backend[], clients:
   m.add('sticky_backend_ejections_total', 'Passive ejections of each backend', 'counter', series((b) => b.stats.ejections));
   m.add('sticky_backend_health_check_failures_total', 'Failed active health checks', 'counter', series((b) => b.stats.healthFailures));
   m.add('sticky_backend_queue_refused_total', 'Requests refused (503) because a backend\'s wait queue was full or timed out', 'counter', series((b) => b.stats.queueRefused));
-  m.add('sticky_backend_queue_depth', 'Requests waiting for a connection to each backend', 'gauge', series((b) => b.pool.queued), 'sum');
+  m.add('sticky_backend_queue_depth', 'Requests waiting for a connection to each backend (a new one, or a free one past the cap)', 'gauge', series((b) => b.pool.queued), 'sum');
+  m.histogram('sticky_backend_queue_wait_seconds', 'Time requests waited in each backend\'s queue for a connection (a new one, or a free one past the cap)', backends.map((b) => ({ h: b.pool.waited, labels: { backend: b.name } })));
   m.add('sticky_backend_up', 'Backend serves its sessions (1) or is down or disabled (0)', 'gauge', series((b) => (b.up ? 1 : 0)), 'max');
   m.add('sticky_backend_state', 'Backend state, one series per state set to 1', 'gauge',
     backends.flatMap((b) => STATES.map((s) => ({ value: b.state === s ? 1 : 0, labels: { backend: b.name, state: s } }))), 'max');
@@ -95,6 +102,22 @@ export function loopMetrics(l: LoopStats, backends: readonly Backend[], clients:
   m.add('sticky_client_connections', 'Open client connections', 'gauge', [{ value: clients }]);
   m.add('sticky_client_connections_refused_total', 'Connections refused over --max-connections', 'counter', [{ value: l.connectionsRefused }]);
   m.histogram('sticky_worker_batch_size', 'Operations per affinity batch', [{ h: l.batchSize }]);
+  return m.out;
+}
+
+/** One event loop's affinity worker pool (piscina), with --workers N. */
+export function workerPoolMetrics(pool: { readonly utilization: number; readonly queueSize: number }): MetricJson[] {
+  const m = new Sheet();
+  m.add('sticky_worker_utilization_ratio', 'Affinity workers\' busy time over their capacity since start (piscina\'s utilization), averaged over the event loops\' pools', 'gauge', [{ value: pool.utilization }], 'average');
+  m.add('sticky_worker_queue_depth', 'Affinity batches waiting for a free worker', 'gauge', [{ value: pool.queueSize }]);
+  return m.out;
+}
+
+/** The store watch's view of each memcached server (main thread only, so never summed with another). */
+export function storeServerMetrics(up: ReadonlyMap<string, boolean>): MetricJson[] {
+  const m = new Sheet();
+  m.add('sticky_store_server_up', 'memcached server answers (1) or is down or not yet heard (0)', 'gauge',
+    [...up].map(([server, u]) => ({ value: u ? 1 : 0, labels: { server } })), 'max');
   return m.out;
 }
 

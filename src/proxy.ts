@@ -10,10 +10,13 @@ import { Worker } from 'node:worker_threads';
 import { ConfigError, type BackendConfig, type Config } from './config.ts';
 import type { Logger } from './log.ts';
 import { Loop, type LoopSettings } from './loop.ts';
-import { processRegistry, scrape, type MetricJson } from './metrics.ts';
+import type { AffinityReadiness } from './admin.ts';
+import { processRegistry, scrape, storeServerMetrics, type MetricJson } from './metrics.ts';
 import { nearCacheBytes } from './near-cache.ts';
 import { MAX_BACKENDS, MAX_LOOPS, SharedState, sharedMemory, type SharedMemory } from './shared.ts';
 import { embeddedStoreBytes } from './store/embedded.ts';
+import { outageCountersMemory } from './store/outage.ts';
+import { StoreWatch } from './store/watch.ts';
 import { VERSION } from './version.ts';
 
 const LOOP = new URL('../workers/loop.ts', import.meta.url);
@@ -58,6 +61,8 @@ export class StickyProxy {
   readonly threads: LoopThread[] = [];
   readonly storeDescription: string;
   admin: Server | null = null;
+  /** The memcached servers' health, logged and reported once for the process; null without memcached. */
+  storeWatch: StoreWatch | null = null;
   listening = false;
   closing = false;
   /** Loops restarted after a crash. */
@@ -101,12 +106,14 @@ export class StickyProxy {
       near: affinityOn && config.memcache.length > 0 ? new SharedArrayBuffer(nearCacheBytes(config.nearCacheEntries)) : null,
       // With affinity off nothing is ever looked up; the smallest table keeps the resolver's seam uniform.
       embedded: config.memcache.length === 0 || !affinityOn ? new SharedArrayBuffer(embeddedStoreBytes(affinityOn ? config.embeddedMaxEntries : 1)) : null,
+      outageCounters: affinityOn && config.memcache.length > 0 ? outageCountersMemory() : null,
     };
     // Every loop's log lines say which loop wrote them.
     const loop = await Loop.start({ ...settings, index: 0 }, log.child({ loop: 0 }));
     // The other loops bind the port the first one got (--listen with port 0).
     settings.port = loop.port;
     const proxy = new StickyProxy(config, log, memory, loop, settings, slots);
+    if (settings.outageCounters !== null) proxy.storeWatch = new StoreWatch(config.memcache, log, settings.outageCounters);
     try {
       await Promise.all(Array.from({ length: config.threads - 1 }, (_, i) => proxy.#startThread(i + 1)));
     } catch (err) {
@@ -121,6 +128,7 @@ export class StickyProxy {
         backends: loop.backends,
         metrics: () => proxy.#metrics(base),
         listening: () => proxy.listening,
+        affinity: () => proxy.#affinityReadiness(),
         log,
       });
       await listen('--admin', proxy.admin, config.admin.port, config.admin.host);
@@ -224,8 +232,16 @@ export class StickyProxy {
       this.#scrapes.delete(id);
     }
     parts.push(this.#processMetrics());
+    if (this.storeWatch !== null) parts.push(storeServerMetrics(this.storeWatch.up));
     const workers = this.config.sessionCookies.length > 0 ? this.config.workers * this.config.threads : 0;
     return scrape(parts, workers, base, SCRAPE_WAIT_MS);
+  }
+
+  #affinityReadiness(): AffinityReadiness {
+    if (this.config.sessionCookies.length === 0) return { affinity: 'off' };
+    const w = this.storeWatch;
+    if (w === null) return { affinity: 'ok' }; // the embedded store cannot be down
+    return { affinity: w.healthy ? 'ok' : 'degraded', store: Object.fromEntries(w.up) };
   }
 
   #processMetrics(): MetricJson[] {
@@ -262,6 +278,7 @@ export class StickyProxy {
     await Promise.all([this.loop.close(timeoutMs, graceMs), ...threads]);
     this.admin?.close();
     this.admin?.closeAllConnections();
+    await this.storeWatch?.close();
   }
 }
 

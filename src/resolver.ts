@@ -10,7 +10,7 @@ import type { ResolverStats } from './stats.ts';
 
 function openStore(s: ResolverSettings): AffinityStore {
   if (s.embedded !== null) return new EmbeddedStore(s.embedded);
-  return new MemcachedStore({ servers: s.memcache, keyPrefix: s.keyPrefix, timeoutMs: s.storeTimeoutMs, learnQueue: s.learnQueue });
+  return new MemcachedStore({ servers: s.memcache, keyPrefix: s.keyPrefix, timeoutMs: s.storeTimeoutMs, learnQueue: s.learnQueue, outageCounters: s.outageCounters });
 }
 
 /** What openStore() would open, without opening it (the main thread's log line). */

@@ -5,6 +5,8 @@
 /** Upper bounds (seconds) of the latency histograms' buckets. */
 export const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 export const STORE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
+/** Up to --queue-timeout's default (5 s) and past it. */
+export const QUEUE_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** A histogram as counts per bucket (the last one is +Inf), a sum and a count. */
 export class Histogram {
@@ -49,9 +51,6 @@ export class BackendStats {
   connectionErrors = 0;
   ejections = 0;
   healthFailures = 0;
-  /** Requests that waited for a free connection, and time spent waiting. */
-  queued = 0;
-  queueSeconds = 0;
   /** Requests refused because the queue was full or timed out (503). */
   queueRefused = 0;
 }

@@ -6,6 +6,7 @@
 // --upstream-idle-timeout, below a backend's own keep-alive timeout.
 import { connect as netConnect, type Socket } from 'node:net';
 import type { Deadlines, Timed } from './deadlines.ts';
+import { Histogram, QUEUE_BUCKETS } from './stats.ts';
 
 export interface UpstreamOptions {
   /** Most open connections to the backend. */
@@ -187,6 +188,8 @@ export class UpstreamPool implements Timed {
   readonly #waiting: PoolWaiter[] = [];
   readonly #since: number[] = [];
   readonly #idle: UpstreamConnection[] = [];
+  /** Seconds each request spent in the queue, however it left it; published at scrape. */
+  readonly waited = new Histogram(QUEUE_BUCKETS);
   /** Connections on their way, each opened for a waiter. */
   #connecting = 0;
   readonly #deadlines: Deadlines;
@@ -244,7 +247,7 @@ export class UpstreamPool implements Timed {
   ready(conn: UpstreamConnection): void {
     while (this.#waiting.length > 0) {
       const user = this.#waiting.shift()!;
-      this.#since.shift();
+      this.#left(this.#since.shift()!, performance.now());
       if (user.gone) continue;
       conn.state = BUSY;
       conn.user = user;
@@ -283,6 +286,7 @@ export class UpstreamPool implements Timed {
       if (w >= 0) {
         const user = this.#waiting[w];
         this.#waiting.splice(w, 1);
+        this.#left(this.#since[w], performance.now());
         this.#since.splice(w, 1);
         user.onUpstreamFailed(connectError);
       }
@@ -303,17 +307,22 @@ export class UpstreamPool implements Timed {
     const limit = now - this.opts.queueTimeoutMs;
     while (this.#since.length > 0 && this.#since[0] <= limit) {
       const user = this.#waiting.shift()!;
-      this.#since.shift();
+      this.#left(this.#since.shift()!, now);
       if (!user.gone) user.onUpstreamFailed('QUEUE_TIMEOUT');
     }
     this.#armQueue();
+  }
+
+  /** A request left the queue, served or not: its time in it is counted. */
+  #left(since: number, now: number): void {
+    this.waited.observe((now - since) / 1000);
   }
 
   #armQueue(): void {
     // Drop waiters that left, so the queue's head is a live one.
     while (this.#waiting.length > 0 && this.#waiting[0].gone) {
       this.#waiting.shift();
-      this.#since.shift();
+      this.#left(this.#since.shift()!, performance.now());
     }
     if (this.#waiting.length > 0) {
       this.deadline = this.#since[0] + this.opts.queueTimeoutMs;

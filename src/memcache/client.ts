@@ -7,12 +7,13 @@ import { MemcacheError } from './errors.ts';
 import { isValidExptime } from './expiry.ts';
 import { memcacheKey, validatePrefix } from './keys.ts';
 import { HashRing } from './ring.ts';
-import { Server, parseAddress, type ServerOptions } from './server.ts';
+import { Server, parseAddress, type ServerOptions, type ServerStateListener } from './server.ts';
 
 export type { Hit } from './batch.ts';
 export { MemcacheError, type MemcacheErrorCode } from './errors.ts';
 export { memcacheKey } from './keys.ts';
 export { exptimeForTtl, MAX_RELATIVE_EXPTIME } from './expiry.ts';
+export type { ServerStateListener } from './server.ts';
 
 export interface MemcacheClientOptions {
   /** "host:port" (IPv6 as "[::1]:11211"). Placement hashes these strings as given. */
@@ -37,9 +38,11 @@ export interface MemcacheClientOptions {
   probeIntervalMs?: number;
   /** First opaque value; only tests need it (to exercise 2^32 wrap-around). */
   opaqueStart?: number;
+  /** Told of each server's state changes: first heard, unreachable from the start, marked down, back. */
+  onServerState?: ServerStateListener;
 }
 
-export const MEMCACHE_DEFAULTS: Readonly<Omit<ServerOptions, 'opaqueStart'>> = Object.freeze({
+export const MEMCACHE_DEFAULTS: Readonly<Omit<ServerOptions, 'opaqueStart' | 'onState'>> = Object.freeze({
   timeoutMs: 100,
   writeTimeoutMs: 500,
   connectTimeoutMs: 1000,
@@ -81,6 +84,7 @@ export class MemcacheClient {
       downAfterFailures: positiveInt('downAfterFailures', opts.downAfterFailures, d.downAfterFailures),
       probeIntervalMs: positiveInt('probeIntervalMs', opts.probeIntervalMs, d.probeIntervalMs),
       opaqueStart: opts.opaqueStart ?? 0,
+      onState: opts.onServerState ?? null,
     };
     // Validate every address before opening any socket.
     for (const a of opts.servers) parseAddress(a);
@@ -97,6 +101,11 @@ export class MemcacheClient {
   /** Whether the server holding `key` is currently marked down. */
   isDown(key: string): boolean {
     return this.servers[this.ring.lookup(memcacheKey(this.prefix, key))].isDown;
+  }
+
+  /** Sends each server that is up a NOOP (see Server.ping): silence counts toward marking it down. */
+  ping(): void {
+    if (this.closeError === null) for (const s of this.servers) s.ping();
   }
 
   /** GETKQ. Resolves null on a miss. */

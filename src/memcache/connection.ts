@@ -53,7 +53,7 @@ export class Connection {
     this.connectTimer = setTimeout(onConnectTimeout, this.server.connectTimeoutMs, s);
     s.once('connect', () => this.clearConnectTimer());
     s.on('data', (chunk: Buffer) => this.onData(s, chunk));
-    s.on('error', (err) => this.lost(s, new MemcacheError('closed', err.message, this.server.address)));
+    s.on('error', (err: NodeJS.ErrnoException) => this.lost(s, new MemcacheError('closed', err.message, this.server.address, undefined, err.code)));
     s.on('end', () => this.lost(s, new MemcacheError('closed', 'server closed the connection', this.server.address)));
     s.on('close', () => this.lost(s, new MemcacheError('closed', 'connection closed', this.server.address)));
   }

@@ -14,12 +14,15 @@ export class MemcacheError extends Error {
   /** memcached status code, for code 'server'. */
   readonly status: number | undefined;
   readonly server: string | undefined;
+  /** The socket error's code (ECONNREFUSED, ENOTFOUND...), for code 'closed'. */
+  readonly errno: string | undefined;
 
-  constructor(code: MemcacheErrorCode, message: string, server?: string, status?: number) {
+  constructor(code: MemcacheErrorCode, message: string, server?: string, status?: number, errno?: string) {
     super(server === undefined ? message : `${server}: ${message}`);
     this.name = 'MemcacheError';
     this.code = code;
     this.server = server;
     this.status = status;
+    this.errno = errno;
   }
 }

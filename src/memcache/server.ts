@@ -3,7 +3,7 @@
 // capped, jittered exponential backoff; after `downAfterFailures` consecutive
 // failures it is marked down, its operations fail fast, and a probe (a fresh
 // connection that must answer a NOOP) runs every `probeIntervalMs` until one
-// succeeds.
+// succeeds. Those state changes are reported to `onState`, if set.
 import { Batch, KIND_DELETE, KIND_GET, KIND_SET, KIND_TOUCH, type BatchHost, type Hit } from './batch.ts';
 import { HEADER_SIZE, Op, encodeKeyOnly, encodeNoop, encodeStore, encodeTouch } from './codec.ts';
 import { Connection, type ConnectionHost } from './connection.ts';
@@ -21,7 +21,17 @@ export interface ServerOptions {
   downAfterFailures: number;
   probeIntervalMs: number;
   opaqueStart: number;
+  /** Told when the server is first heard, marked down, or back; and of the first failure of a server never heard. */
+  onState: ServerStateListener | null;
 }
+
+/** `up` false with the cause; a server never heard is reported down at its first failure, not after downAfterFailures. */
+export type ServerStateListener = (address: string, up: boolean, cause: MemcacheError | null) => void;
+
+// What was last reported to onState.
+const UNKNOWN = 0;
+const REPORTED_UP = 1;
+const REPORTED_DOWN = 2;
 
 // Batches are encoded back to back into one arena and written as subarrays
 // of it, so a batch costs no allocation of its own; a full arena is replaced
@@ -53,6 +63,7 @@ export class Server implements BatchHost, ConnectionHost {
   private downError: MemcacheError | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
   private closeError: MemcacheError | null = null;
+  private reported = UNKNOWN;
 
   constructor(address: string, opts: ServerOptions) {
     const { host, port } = parseAddress(address);
@@ -166,6 +177,26 @@ export class Server implements BatchHost, ConnectionHost {
   connAlive(): void {
     this.failures = 0;
     if (this.downError !== null) this.markUp();
+    if (this.reported !== REPORTED_UP) this.report(REPORTED_UP, null);
+  }
+
+  /**
+   * A NOOP on an open connection, answered within timeoutMs or counted as a
+   * failure: an idle client notices a frozen server, not only a closed one.
+   */
+  ping(): void {
+    if (this.downError !== null || this.closeError !== null) return;
+    for (const c of this.conns) {
+      if (!c.isOpen) continue;
+      c.send(Batch.hello(this, this.nextOpaque, this.opts.timeoutMs));
+      this.nextOpaque = (this.nextOpaque + 1) >>> 0;
+      return;
+    }
+  }
+
+  private report(state: number, cause: MemcacheError | null): void {
+    this.reported = state;
+    this.opts.onState?.(this.address, state === REPORTED_UP, cause);
   }
 
   connLost(c: Connection, err: MemcacheError): void {
@@ -214,6 +245,8 @@ export class Server implements BatchHost, ConnectionHost {
   private failure(cause: MemcacheError): void {
     this.failures++;
     if (this.downError === null && this.failures >= this.opts.downAfterFailures) this.markDown(cause);
+    // A server never heard is reported at once: unreachable from the start.
+    else if (this.reported === UNKNOWN) this.report(REPORTED_DOWN, cause);
   }
 
   private markDown(cause: MemcacheError): void {
@@ -222,6 +255,7 @@ export class Server implements BatchHost, ConnectionHost {
     this.failPending(err);
     for (const c of this.conns) c.destroy(err);
     this.scheduleProbe();
+    if (this.reported !== REPORTED_DOWN) this.report(REPORTED_DOWN, cause);
   }
 
   private markUp(): void {

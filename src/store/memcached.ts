@@ -2,6 +2,7 @@
 // backend name (readable with any memcached tool); the item's flags hold the
 // sliding TTL in seconds, 0 for a binding with a fixed expiry.
 import { MemcacheClient, MemcacheError, exptimeForTtl } from '../memcache/client.ts';
+import { OutageCounters } from './outage.ts';
 import type { AffinityStore } from './store.ts';
 
 // A sliding binding is refreshed at most once per this fraction of its TTL per
@@ -18,6 +19,8 @@ export interface MemcachedStoreOptions {
   timeoutMs: number;
   /** Writes kept while memcached cannot take them; beyond it they are dropped and counted. */
   learnQueue: number;
+  /** The process's outage counters (outage.ts), which the store watch reports; null where none watches. */
+  outageCounters: SharedArrayBuffer | null;
 }
 
 /** A write that memcached could not take, kept to be replayed once it is back. */
@@ -44,6 +47,7 @@ export class MemcachedStore implements AffinityStore {
   readonly #queueMax: number;
   #queue: Pending[] = [];
   #retryTimer: NodeJS.Timeout | undefined;
+  readonly #counters: OutageCounters | null;
 
   constructor(opts: MemcachedStoreOptions) {
     // Writes get the lookup deadline too: a response held for its learn must not
@@ -51,6 +55,7 @@ export class MemcachedStore implements AffinityStore {
     this.client = new MemcacheClient({ servers: opts.servers, keyPrefix: opts.keyPrefix, timeoutMs: opts.timeoutMs, writeTimeoutMs: opts.timeoutMs });
     this.description = memcachedDescription(opts.servers, opts.keyPrefix);
     this.#queueMax = opts.learnQueue;
+    this.#counters = opts.outageCounters === null ? null : new OutageCounters(opts.outageCounters);
   }
 
   async get(key: string): Promise<string | null> {
@@ -63,12 +68,16 @@ export class MemcachedStore implements AffinityStore {
   set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void> {
     if (sliding) this.#remember(key, ttl, Date.now());
     // memcached reads an exptime beyond 30 days as a Unix time, hence exptimeForTtl.
-    return this.client.set(key, backend, exptimeForTtl(ttl), sliding ? ttl : 0).catch((err: unknown) => this.#keep(err, key, backend, ttl, sliding));
+    return this.client.set(key, backend, exptimeForTtl(ttl), sliding ? ttl : 0).catch((err: unknown) => {
+      if (!this.#keep(err, key, backend, ttl, sliding, false)) throw err;
+    });
   }
 
   delete(key: string): Promise<void> {
     this.#refreshAfter.delete(key);
-    return this.client.delete(key).catch((err: unknown) => this.#keep(err, key, '', 0, false));
+    return this.client.delete(key).catch((err: unknown) => {
+      if (!this.#keep(err, key, '', 0, false, false)) throw err;
+    });
   }
 
   get queued(): number {
@@ -77,37 +86,61 @@ export class MemcachedStore implements AffinityStore {
 
   async close(): Promise<void> {
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
-    this.dropped += this.#queue.length;
+    this.#drop(this.#queue.length);
+    this.#counters?.dequeued(this.#queue.length);
     this.#queue = [];
     await this.client.close();
   }
 
-  /** Queues a write that failed for want of a server; anything else is the caller's to see. */
-  #keep(err: unknown, key: string, backend: string, ttl: number, sliding: boolean): void {
+  /**
+   * Queues a write that failed for want of a server (true); anything else
+   * (false) is the caller's to see. `again`: a replayed write failing again.
+   */
+  #keep(err: unknown, key: string, backend: string, ttl: number, sliding: boolean, again: boolean): boolean {
     const code = err instanceof MemcacheError ? err.code : '';
-    if (code !== 'down' && code !== 'timeout' && code !== 'closed') throw err;
+    if (code !== 'down' && code !== 'timeout' && code !== 'closed') return false;
     if (this.#queue.length >= this.#queueMax) {
-      this.dropped++;
-      return;
+      this.#drop(1);
+      return true;
     }
     this.#queue.push({ key, backend, ttl, sliding, at: Date.now() });
+    this.#counters?.queued(backend !== '', again);
     this.#retryTimer ??= setTimeout(() => this.#replay(), RETRY_MS);
+    return true;
   }
 
   #replay(): void {
     this.#retryTimer = undefined;
     const queue = this.#queue;
     this.#queue = [];
+    this.#counters?.dequeued(queue.length);
     const now = Date.now();
     for (const p of queue) {
       if (p.backend === '') {
-        void this.delete(p.key).catch(noop);
+        this.client.delete(p.key).catch((err: unknown) => {
+          if (!this.#keep(err, p.key, '', 0, false, true)) this.#drop(1);
+        });
         continue;
       }
-      const left = p.ttl - Math.floor((now - p.at) / 1000);
-      if (left <= 0) this.dropped++;
-      else void this.set(p.key, p.backend, p.sliding ? p.ttl : left, p.sliding).catch(noop);
+      // A fixed lifetime is shortened by the time spent queued.
+      const ttl = p.sliding ? p.ttl : p.ttl - Math.floor((now - p.at) / 1000);
+      if (ttl <= 0) {
+        this.#drop(1);
+        continue;
+      }
+      this.client.set(p.key, p.backend, exptimeForTtl(ttl), p.sliding ? ttl : 0).then(this.#written, (err: unknown) => {
+        if (!this.#keep(err, p.key, p.backend, ttl, p.sliding, true)) this.#drop(1);
+      });
     }
+  }
+
+  readonly #written = (): void => {
+    this.#counters?.written();
+  };
+
+  #drop(n: number): void {
+    this.dropped += n;
+    this.#counters?.dropped(n);
   }
 
   #slide(key: string, ttl: number): void {
