@@ -452,7 +452,8 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     if (this.done) return;
     const up = this.upstream;
     this.upstream = null;
-    if (this.#res === RES_BODY && this.#framing === BODY_CLOSE) {
+    // An answer already complete (held while its learn is stored, say) is whole; a close-delimited body ends here.
+    if (this.#res === RES_DONE || (this.#res === RES_BODY && this.#framing === BODY_CLOSE)) {
       this.#reusable = false;
       this.#complete();
       return;
