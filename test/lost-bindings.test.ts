@@ -16,7 +16,7 @@ import { inspect, startMemcached, type Memcached } from './helpers/memcached.ts'
 import { backendFlags } from './helpers/origins.ts';
 import { get, startProxy, type Jar, type ProxyProcess } from './helpers/proxy.ts';
 import { startSessionApp, visitOf, type SessionApp, type SessionMode, type Visit } from './helpers/session-app.ts';
-import { waitFor } from './helpers/wait.ts';
+import { waitFor, waitForLine } from './helpers/wait.ts';
 
 // A hang fails its test instead of the whole file.
 const T = { timeout: 30_000 };
@@ -204,7 +204,7 @@ function keepVisiting(runs: { url: string; user: User }[]): { stop: () => Promis
 }
 
 for (const fault of ['killed with kill -9, then started again empty', 'frozen with SIGSTOP, then SIGCONT'] as const) {
-  test(`memcached ${fault}, a 5 s outage under load: every session of both app kinds stays on one backend and keeps its id and state; sessions started during the outage too; nothing moves when it is back`, { timeout: 45_000 }, async () => {
+  test(`memcached ${fault}, a 5 s outage under load: every session of both app kinds stays on one backend and keeps its id and state; sessions started during the outage too; nothing moves when it is back; the outage logged at warn`, { timeout: 45_000 }, async () => {
     const m = await startMemcached();
     const prefix = freshPrefix();
     const proxies = { accept: await startProxy(proxyFlags('accept', m, prefix)), replace: await startProxy(proxyFlags('replace', m, prefix)) };
@@ -249,6 +249,17 @@ for (const fault of ['killed with kill -9, then started again empty', 'frozen wi
       await Promise.all(loads.map((l) => l.stop()));
       assert.deepEqual(loads.flatMap((l) => l.errors), [], 'no failed request');
       for (const r of all) unbroken(r.user, 0, `${r.mode} app, memcached ${fault}, to the end`);
+      // Each instance said so at warn: the store down, back, and the learns its outage queued, all written.
+      for (const p of Object.values(proxies)) {
+        const said = (msg: string): Promise<Record<string, number>> => waitForLine(p.output, (l) => l.includes(`"msg":"${msg}"`), { what: `"${msg}" logged` })
+          .then((l) => JSON.parse(l) as Record<string, number>);
+        assert.equal((await said('affinity store down')).level, 40);
+        assert.equal((await said('affinity store back')).level, 40);
+        const written = await said('affinity store: learns queued during the outage written');
+        assert.equal(written.level, 40);
+        assert.ok(written.learnsQueued > 0 && written.learnsWritten > 0, JSON.stringify(written));
+        assert.deepEqual([written.dropped, written.stillQueued], [0, 0], JSON.stringify(written));
+      }
     } finally {
       await Promise.all(loads.map((l) => l.stop()));
       await Promise.all([proxies.accept.stop(), proxies.replace.stop()]);
