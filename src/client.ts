@@ -253,6 +253,8 @@ export class ClientConnection implements Timed {
       keys,
       contentLength: h.contentLength,
       chunked: h.chunked,
+      // One comparison when --monitor-uri is off.
+      monitor: ctx.monitorUri !== null && h.buf.compare(ctx.monitorUri, 0, ctx.monitorUri.length, h.pathStart, h.targetEnd) === 0,
     };
     const built = upstreamHead(h, { clientAddress: this.address, proto: ctx.proto, forwarded: ctx.forwarded }, upgrade);
     return new Forward(this, built, req, ctx.access === null ? null : accessFacts(h));

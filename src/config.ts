@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { X509Certificate } from 'node:crypto';
 import { ConfigError, helpText, parseArgv, parseFile, withDefaults, type Given } from './flag-kit.ts';
-import { FLAGS, HELP_INTRO, type FlagValues } from './flags.ts';
+import { FLAGS, HELP_INTRO, bearerToken, type FlagValues } from './flags.ts';
 import type { HostPort } from './hostport.ts';
 
 export { ConfigError } from './flag-kit.ts';
@@ -75,6 +75,10 @@ export interface Config {
   rewriteHost: boolean;
   /** Where the admin API listens, or null. */
   admin: { host: string; port: number } | null;
+  /** The bearer token the admin API asks for (--admin-token, or read from --admin-token-file), or null. */
+  adminToken: string | null;
+  /** The request-target the proxy answers itself on --listen (--monitor-uri), or null. */
+  monitorUri: string | null;
   accessLog: boolean;
   /** The PEM texts, read and checked to match at configuration time. */
   tls: { cert: string; key: string } | null;
@@ -146,6 +150,19 @@ function readText(flag: string, file: string): string {
   } catch (err) {
     throw new ConfigError(flag, `cannot read "${file}" (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
+}
+
+/** The admin token, given or read once from its file; checked as the flag's own value would be. */
+function adminToken(v: FlagValues): string | null {
+  const given = v['admin-token'];
+  const file = v['admin-token-file'];
+  if (given !== null && file !== null) throw new ConfigError('--admin-token-file', 'conflicts with --admin-token');
+  if ((given !== null || file !== null) && v.admin === null) throw new ConfigError(given !== null ? '--admin-token' : '--admin-token-file', 'needs --admin');
+  if (file === null) return given;
+  const token = readText('--admin-token-file', file).trim();
+  if (token === '') throw new ConfigError('--admin-token-file', `"${file}" is empty`);
+  if (token.includes('\n')) throw new ConfigError('--admin-token-file', `"${file}" must hold one line, the token`);
+  return bearerToken().parse(token, '--admin-token-file');
 }
 
 /** The certificate and key, parsed, and the key checked to be the certificate's, as the listener will need. */
@@ -253,6 +270,8 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     forwarded: v.forwarded,
     rewriteHost: v['rewrite-host'],
     admin: v.admin,
+    adminToken: adminToken(v),
+    monitorUri: v['monitor-uri'],
     accessLog: v['access-log'],
     tls: certFile !== null && keyFile !== null ? loadTls(certFile, keyFile) : null,
     backendCa: v['backend-ca'],

@@ -36,6 +36,8 @@ export interface ProxyContext {
   proto: string;
   forwarded: boolean;
   rewriteHost: boolean;
+  /** --monitor-uri's bytes: a request-target equal to them is answered by the proxy; null when off. */
+  monitorUri: Buffer | null;
   limits: HeadLimits;
   deadlines: Deadlines;
   clientHeaderTimeoutMs: number;

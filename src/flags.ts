@@ -8,7 +8,8 @@ import type { BackendConfig } from './config.ts';
 import { ConfigError, hostPort, hostPortList, int, many, one, oneOf, opt, path, sw, text, type Kind, type Values } from './flag-kit.ts';
 
 const BACKEND_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-const MAX_WEIGHT = 1000;
+/** The highest --backend weight, which the admin API's weight endpoint also takes. */
+export const MAX_WEIGHT = 1000;
 
 /** NAME=URL[,weight=N]: a backend's name (what memcached stores), its origin and its weight. */
 function backend(): Kind<BackendConfig> {
@@ -41,6 +42,21 @@ function backend(): Kind<BackendConfig> {
   };
 }
 
+// RFC 6750 b64token: what an Authorization: Bearer header can carry.
+const BEARER_TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+const BEARER_EXPECT = 'a bearer token (letters, digits, - . _ ~ + /, then optional =)';
+
+/** A bearer token; unlike text(), a bad one is not echoed: it is a secret, or nearly one. */
+export function bearerToken(): Kind<string> {
+  return {
+    expect: BEARER_EXPECT, arg: 'TOKEN',
+    schema: { type: 'string', pattern: BEARER_TOKEN.source },
+    parse(raw, flag) {
+      if (!BEARER_TOKEN.test(raw)) throw new ConfigError(flag, `expected ${BEARER_EXPECT}`);
+      return raw;
+    },
+  };
+}
 // RFC 6265 token characters: what a cookie name may be.
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const DAY = 86400;
@@ -256,7 +272,19 @@ export const FLAGS = {
   }),
   admin: opt(hostPort({ listen: true }), {
     section: 'Operations', shownDefault: 'off',
-    help: 'the admin API: `/metrics`, `/healthz`, `/readyz`, `/backends`, and `POST /backends/NAME/drain|disable|enable` (see [Operations](#operations))',
+    help: 'the admin API: a status page at `/`, `/metrics`, `/healthz`, `/readyz`, `/backends`, and `POST /backends/NAME/drain|disable|enable|weight` (see [Admin API](#admin-api))',
+  }),
+  'admin-token': opt(bearerToken(), {
+    section: 'Operations', shownDefault: 'none',
+    help: 'every admin endpoint but `/healthz` and `/readyz` needs `Authorization: Bearer TOKEN`; prefer `--admin-token-file`, which keeps it out of the process list',
+  }),
+  'admin-token-file': opt(path(), {
+    section: 'Operations',
+    help: 'as `--admin-token`, the token read once at start from this file (one line; surrounding whitespace ignored)',
+  }),
+  'monitor-uri': opt(text('PATH', /^\/[\x21-\x7e]*$/, 'a path starting with /'), {
+    section: 'Operations', shownDefault: 'off',
+    help: 'a request for exactly this path on `--listen` is answered by the proxy itself, never forwarded: 200 while a backend is up, else 503 (as HAProxy\'s `monitor-uri`), for an L4 balancer\'s health check',
   }),
   'access-log': sw({
     section: 'Operations',

@@ -51,6 +51,8 @@ export interface RequestFacts {
   /** Request body: -1 none, else its Content-Length; chunked wins when set. */
   contentLength: number;
   chunked: boolean;
+  /** The request-target is --monitor-uri: the proxy answers it. */
+  monitor: boolean;
 }
 
 export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink, Routed {
@@ -116,6 +118,10 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   // ------------------------------------------------------------------ routing
 
   start(): void {
+    if (this.req.monitor) {
+      this.#answer(this.ctx.backends.list.some((b) => b.up) ? 200 : 503, 'monitor-uri');
+      return;
+    }
     if (this.req.keys === '') this.#dispatch(this.ctx.balancer.pick());
     else this.ctx.affinity.lookup(this.req.keys, this);
   }

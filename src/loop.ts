@@ -175,6 +175,7 @@ export class Loop {
       proto: config.tls === null ? 'http' : 'https',
       forwarded: config.forwarded,
       rewriteHost: config.rewriteHost,
+      monitorUri: config.monitorUri === null ? null : Buffer.from(config.monitorUri, 'latin1'),
       limits: { maxHeadBytes: config.maxHeadBytes, maxHeaders: config.maxHeaders, maxUrlBytes: config.maxUrlBytes },
       deadlines: this.deadlines,
       clientHeaderTimeoutMs: config.clientHeaderTimeoutMs,

@@ -130,6 +130,7 @@ export class StickyProxy {
         listening: () => proxy.listening,
         affinity: () => proxy.#affinityReadiness(),
         log,
+        token: config.adminToken,
       });
       await listen('--admin', proxy.admin, config.admin.port, config.admin.host);
     }

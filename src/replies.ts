@@ -3,6 +3,7 @@
 // complete HTTP/1.1 message built once and reused.
 
 const REASONS: Record<number, string> = {
+  200: 'OK',
   400: 'Bad Request',
   404: 'Not Found',
   405: 'Method Not Allowed',

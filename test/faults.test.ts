@@ -183,7 +183,7 @@ test('a session whose backend is disabled moves, with three backends: rebound in
   try {
     const [owner] = await learnSessions(p.url, 'mv', 1);
     const admin = p.output.find((l) => l.startsWith('admin on '))!.slice('admin on '.length);
-    assert.equal((await request(`${admin}/backends/${owner}/disable`, { method: 'POST' })).statusCode, 200);
+    assert.equal((await request(`${admin}/backends/${owner}/disable`, { method: 'POST', headers: { 'x-requested-with': 'test' } })).statusCode, 200);
     const moved = await sticks(p.url, 'PHPSESSID=mv0', 1);
     assert.notEqual(moved, owner);
     await waitFor(async () => (await inspect(mc.port, `${prefix}PHPSESSID:mv0`))?.value === moved, { what: `the binding rebound to ${moved}` });

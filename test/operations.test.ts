@@ -40,7 +40,8 @@ function adminUrl(p: ProxyProcess): string {
 }
 
 async function admin(p: ProxyProcess, method: 'GET' | 'POST', path: string): Promise<{ status: number; body: string }> {
-  const r = await request(`${adminUrl(p)}${path}`, { method });
+  // The admin API refuses a POST a browser could send cross-site: this header shows it is not one.
+  const r = await request(`${adminUrl(p)}${path}`, { method, headers: { 'x-requested-with': 'test' } });
   return { status: r.statusCode, body: await r.body.text() };
 }
 
