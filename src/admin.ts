@@ -203,7 +203,9 @@ export function createAdmin(deps: AdminDeps): Server {
         return;
       }
       if (err instanceof HttpError) {
-        send(res, err.status, { error: err.message }, 'application/json', err.status === 413 ? { ...err.headers, connection: 'close' } : err.headers);
+        // No Connection: close, even for a 413: closing on a client still sending its body would reset
+        // the connection under the answer; node:http reads and drops the rest (bounded by REQUEST_TIMEOUT_MS).
+        send(res, err.status, { error: err.message }, 'application/json', err.headers);
         return;
       }
       deps.log.error({ err: (err as Error).message, path: req.url }, 'admin request failed');
