@@ -3,7 +3,7 @@
 // ends, and refuses anything malformed. Used for request and response bodies.
 // With a sink it also hands out the data ranges alone, for an HTTP/1.0 client
 // that cannot read chunked framing.
-import { CR, HEX, LF, TOKEN, VALUE } from './syntax.ts';
+import { CR, HEX, LF, TOKEN, VALUE, ascii, lower } from './syntax.ts';
 
 const SIZE_FIRST = 0;
 const SIZE = 1;
@@ -32,6 +32,14 @@ export const MAX_EXTENSION_BYTES = 1024;
 /** Most bytes of trailer fields. */
 export const MAX_TRAILER_BYTES = 16 * 1024;
 
+// Trailer fields refused: framing fields (llhttp refuses Content-Length there,
+// and Transfer-Encoding in requests), and Connection, which llhttp acts on in
+// trailers and RFC 9110 section 6.5.1 lets no recipient act on: a peer
+// behind us could close where we do not.
+const REFUSED_TRAILERS = [ascii('content-length'), ascii('transfer-encoding'), ascii('connection')];
+const REFUSED_WHY = ['Content-Length in trailers', 'Transfer-Encoding in trailers', 'Connection in trailers'];
+const ALL_REFUSED = (1 << REFUSED_TRAILERS.length) - 1;
+
 /** Receives the data bytes of each chunk, without the framing. */
 export interface ChunkSink {
   chunkData(buf: Buffer, start: number, end: number): void;
@@ -43,6 +51,9 @@ export class ChunkedReader {
   remaining = 0;
   /** Bytes of the current size line's extensions, or of the trailers. */
   #extra = 0;
+  /** The current trailer name: bytes read, and which refused names (bits 0-2) it may still be. */
+  #nameLength = 0;
+  #mayBe = 0;
   /** Why the framing was refused. */
   error = '';
 
@@ -99,7 +110,7 @@ export class ChunkedReader {
           break;
         }
         case EXT_NAME_FIRST:
-          if (TOKEN[c] === 0) return this.#fail('invalid chunk extension');
+          if (TOKEN[c] === 0) return this.#fail(c === 61 || c === 59 ? 'empty chunk extension name' : 'invalid chunk extension');
           s = EXT_NAME;
           break;
         case EXT_NAME:
@@ -111,12 +122,12 @@ export class ChunkedReader {
         case EXT_VALUE_FIRST:
           if (c === 34 /* " */) s = EXT_QUOTED;
           else if (TOKEN[c] === 1) s = EXT_VALUE_TOKEN;
-          else return this.#fail('invalid chunk extension');
+          else return this.#fail(c === CR || c === 59 ? 'empty chunk extension value' : 'invalid chunk extension');
           break;
         case EXT_VALUE_TOKEN:
           if (c === 59) s = EXT_NAME_FIRST;
           else if (c === CR) s = SIZE_LF;
-          else if (TOKEN[c] === 0) return this.#fail('invalid chunk extension');
+          else if (TOKEN[c] === 0) return this.#fail(c === 34 ? 'quote inside a chunk extension token' : 'invalid chunk extension');
           break;
         case EXT_QUOTED:
           if (c === 34) s = EXT_AFTER_QUOTED;
@@ -151,12 +162,20 @@ export class ChunkedReader {
           break;
         case TRAILER_START:
           if (c === CR) s = FINAL_LF;
-          else if (TOKEN[c] === 1) s = TRAILER_NAME;
-          else return this.#fail('invalid trailer field');
+          else if (TOKEN[c] === 1) {
+            s = TRAILER_NAME;
+            this.#nameLength = 0;
+            this.#mayBe = ALL_REFUSED;
+            this.#nameByte(c);
+          } else return this.#fail('invalid trailer field');
           break;
         case TRAILER_NAME:
-          if (c === 58 /* : */) s = TRAILER_VALUE;
-          else if (TOKEN[c] === 0) return this.#fail('invalid trailer field');
+          if (c === 58 /* : */) {
+            s = TRAILER_VALUE;
+            const why = this.#refusedName();
+            if (why !== '') return this.#fail(why);
+          } else if (TOKEN[c] === 0) return this.#fail('invalid trailer field');
+          else if (this.#mayBe !== 0) this.#nameByte(c);
           break;
         case TRAILER_VALUE:
           if (c === CR) s = TRAILER_LF;
@@ -178,6 +197,20 @@ export class ChunkedReader {
     }
     this.state = s;
     return end;
+  }
+
+  /** Narrows the refused names the trailer name being read may still be. */
+  #nameByte(c: number): void {
+    const i = this.#nameLength++;
+    const l = lower(c);
+    for (let k = 0; k < REFUSED_TRAILERS.length; k++) if (REFUSED_TRAILERS[k][i] !== l) this.#mayBe &= ~(1 << k);
+  }
+
+  #refusedName(): string {
+    for (let k = 0; k < REFUSED_TRAILERS.length; k++) {
+      if ((this.#mayBe & (1 << k)) !== 0 && this.#nameLength === REFUSED_TRAILERS[k].length) return REFUSED_WHY[k];
+    }
+    return '';
   }
 
   #fail(why: string): number {

@@ -7,7 +7,7 @@
 // Parsing is synchronous and finishes before the next connection's turn, so
 // one module-level RequestHead holds the result; the caller takes what it
 // needs (it builds the upstream head at once) before parsing again.
-import { COLON, CR, HTAB, LF, SP, TARGET, TOKEN, VALUE, ascii, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
+import { COLON, CR, HTAB, LF, SP, TARGET, TOKEN, VALUE, ascii, hasTab, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 /** Header kinds the proxy acts on. */
 export const K_OTHER = 0;
@@ -32,11 +32,12 @@ export const ASTERISK_FORM = 2;
 
 // The methods llhttp (Node's and undici's parser) knows; any other token is
 // answered 501, so nothing reaches a backend that its own parser may reject.
+// PRI is not among them: llhttp takes it only as the HTTP/2 preface.
 const METHODS = [
   'DELETE', 'GET', 'HEAD', 'POST', 'PUT', 'CONNECT', 'OPTIONS', 'TRACE', 'COPY', 'LOCK', 'MKCOL', 'MOVE',
   'PROPFIND', 'PROPPATCH', 'SEARCH', 'UNLOCK', 'BIND', 'REBIND', 'UNBIND', 'ACL', 'REPORT', 'MKACTIVITY',
   'CHECKOUT', 'MERGE', 'M-SEARCH', 'NOTIFY', 'SUBSCRIBE', 'UNSUBSCRIBE', 'PATCH', 'PURGE', 'MKCALENDAR',
-  'LINK', 'UNLINK', 'PRI', 'SOURCE', 'QUERY',
+  'LINK', 'UNLINK', 'SOURCE', 'QUERY',
 ];
 const METHOD_BYTES = METHODS.map(ascii);
 /** Methods a client may expect to be replayed (RFC 9110 section 9.2.2). */
@@ -162,7 +163,11 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
   // Request line: method SP request-target SP HTTP-version CRLF.
   let lf = buf.indexOf(LF, pos);
   if (lf < 0 || lf >= limitEnd) return incomplete(head, pos, end, limits, pos);
-  if (buf[lf - 1] !== CR || lf - 1 < pos) return fail(head, 400, 'bare LF');
+  if (buf[lf - 1] !== CR || lf - 1 < pos) {
+    if (lf === pos) return fail(head, 400, 'CR or LF before the request line');
+    // llhttp reads a line with one space as HTTP/0.9, which may end in LF alone.
+    return fail(head, 400, spaces(buf, pos, lf) < 2 ? 'missing HTTP version' : 'bare LF');
+  }
   const r = requestLine(head, buf, pos, lf - 1, limits);
   if (r !== 0) return r;
   pos = lf + 1;
@@ -221,19 +226,20 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
       case K_CONTENT_LENGTH:
         if (head.contentLength >= 0) return fail(head, 400, 'duplicate Content-Length');
         head.contentLength = parseLength(buf, vs, ve);
-        if (head.contentLength < 0) return fail(head, 400, 'invalid Content-Length');
+        if (head.contentLength === -2) return fail(head, 400, 'Content-Length too large');
+        if (head.contentLength < 0 || hasTab(buf, ve, eol)) return fail(head, 400, 'invalid Content-Length');
         break;
       case K_TRANSFER_ENCODING: {
         if (teSeen) return fail(head, 400, 'duplicate Transfer-Encoding');
         teSeen = true;
         const t = transferCoding(buf, vs, ve);
-        if (t === 400) return fail(head, 400, 'invalid Transfer-Encoding');
+        if (t === 400 || hasTab(buf, ve, eol)) return fail(head, 400, 'invalid Transfer-Encoding');
         if (t === 501) return fail(head, 501, 'unsupported Transfer-Encoding');
         chunkedSeen = true;
         break;
       }
       case K_CONNECTION:
-        if (!connection(head, buf, vs, ve)) return fail(head, 400, 'invalid Connection');
+        if (!connection(head, buf, vs, ve) || hasTab(buf, ve, eol)) return fail(head, 400, 'invalid Connection');
         break;
       case K_COOKIE:
         head.cookies++;
@@ -269,6 +275,13 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
   return pos;
 }
 
+/** Spaces in buf[s, e). */
+function spaces(buf: Buffer, s: number, e: number): number {
+  let n = 0;
+  for (let i = s; i < e; i++) if (buf[i] === SP) n++;
+  return n;
+}
+
 function incomplete(head: RequestHead, start: number, end: number, limits: HeadLimits, validEnd: number): number {
   if (end - start >= limits.maxHeadBytes) return fail(head, 431, 'request head too large');
   head.validEnd = validEnd;
@@ -283,29 +296,34 @@ function fail(head: RequestHead, status: number, reason: string): number {
 function requestLine(head: RequestHead, buf: Buffer, s: number, e: number, limits: HeadLimits): number {
   let i = s;
   while (i < e && TOKEN[buf[i]] === 1) i++;
-  if (i === s || buf[i] !== SP) return fail(head, 400, 'invalid method');
-  const method = knownMethod(buf, s, i);
-  if (method === '') return fail(head, 501, 'unknown method');
-  head.method = method;
-  head.idempotent = IDEMPOTENT.has(method);
-  head.safe = SAFE.has(method);
-  head.isHead = method === 'HEAD';
+  if (i === s || buf[i] !== SP) return fail(head, 400, buf[s] === CR ? 'CR or LF before the request line' : 'invalid method');
+  const methodEnd = i;
   const ts = ++i;
   while (i < e && TARGET[buf[i]] === 1) i++;
   if (i - ts > limits.maxUrlBytes) return fail(head, 414, 'request-target too long');
-  if (i === ts || buf[i] !== SP) return fail(head, 400, 'invalid request-target');
+  if (i === ts || buf[i] !== SP) {
+    if (i === e) return fail(head, 400, 'missing HTTP version');
+    return fail(head, 400, i === ts && buf[i] === SP ? 'extra whitespace in the request line' : 'invalid request-target');
+  }
   head.targetStart = ts;
   head.targetEnd = i;
   i++;
   // HTTP-version = "HTTP/" DIGIT "." DIGIT
   if (e - i !== 8 || buf[i] !== 72 || buf[i + 1] !== 84 || buf[i + 2] !== 84 || buf[i + 3] !== 80 || buf[i + 4] !== 47 || buf[i + 6] !== 46) {
-    return fail(head, 400, 'invalid HTTP version');
+    return fail(head, 400, buf[i] === SP ? 'extra whitespace in the request line' : 'invalid HTTP version');
   }
   const major = buf[i + 5] - 48;
   const minor = buf[i + 7] - 48;
   if (major < 0 || major > 9 || minor < 0 || minor > 9) return fail(head, 400, 'invalid HTTP version');
   if (major !== 1 || minor > 1) return fail(head, 505, 'HTTP version not supported');
   head.minor = minor;
+  // Looked up once the line is known to be HTTP/1.x: llhttp takes a line with no version as HTTP/0.9, whatever its method.
+  const method = knownMethod(buf, s, methodEnd);
+  if (method === '') return fail(head, 501, 'unknown method');
+  head.method = method;
+  head.idempotent = IDEMPOTENT.has(method);
+  head.safe = SAFE.has(method);
+  head.isHead = method === 'HEAD';
   if (method === 'CONNECT') return fail(head, 501, 'CONNECT is not supported: this is a reverse proxy');
   return target(head, buf, ts, head.targetEnd);
 }
@@ -338,7 +356,7 @@ function target(head: RequestHead, buf: Buffer, s: number, e: number): number {
   let a: number;
   if (lowerEquals(buf, s, 'http://')) a = s + 7;
   else if (lowerEquals(buf, s, 'https://')) a = s + 8;
-  else return fail(head, 400, 'invalid request-target');
+  else return fail(head, 400, 'request-target is neither a path nor an http(s) URL');
   let p = a;
   while (p < e && buf[p] !== 47 && buf[p] !== 63 /* ? */ && buf[p] !== 35 /* # */) {
     if (buf[p] === 64 /* @ */) return fail(head, 400, 'userinfo in request-target');
@@ -385,7 +403,8 @@ function connection(head: RequestHead, buf: Buffer, s: number, e: number): boole
     const ts = i;
     while (i < e && TOKEN[buf[i]] === 1) i++;
     const te = i;
-    i = skipOws(buf, i, e);
+    while (i < e && buf[i] === SP) i++;
+    // An HTAB after a token: see hasTab.
     if (i < e && buf[i] !== 44) return false;
     i++;
     if (te === ts) continue;

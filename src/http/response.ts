@@ -2,7 +2,7 @@
 // on (framing, Connection, Set-Cookie, Via), as offsets into the received
 // bytes. Backends are trusted to name themselves, not to frame correctly: a
 // head that is malformed, or whose framing is ambiguous, is refused (502).
-import { COLON, CR, HTAB, LF, SP, TOKEN, VALUE, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
+import { COLON, CR, HTAB, LF, SP, TOKEN, VALUE, hasTab, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 export const R_OTHER = 0;
 export const R_CONTENT_LENGTH = 1;
@@ -91,15 +91,17 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
   const limitEnd = Math.min(end, start + MAX_RESPONSE_HEAD);
   let lf = buf.indexOf(LF, start);
   if (lf < 0 || lf >= limitEnd) return more(head, start, end);
-  if (lf - 1 < start || buf[lf - 1] !== CR) return bad(head, 'bare LF in status line');
+  if (lf - 1 < start || buf[lf - 1] !== CR) return bad(head, lf === start ? 'CR or LF before the status line' : 'bare LF in status line');
   // HTTP/1.x SP 3DIGIT SP reason
   const e = lf - 1;
   if (e - start < 12 || buf[start] !== 72 || buf[start + 1] !== 84 || buf[start + 2] !== 84 || buf[start + 3] !== 80
-    || buf[start + 4] !== 47 || buf[start + 5] !== 49 || buf[start + 6] !== 46 || buf[start + 8] !== SP) {
-    return bad(head, 'invalid status line');
+    || buf[start + 4] !== 47 || buf[start + 6] !== 46 || buf[start + 8] !== SP) {
+    return bad(head, buf[start] === CR ? 'CR or LF before the status line' : 'invalid status line');
   }
+  const major = buf[start + 5] - 48;
   const minor = buf[start + 7] - 48;
-  if (minor !== 0 && minor !== 1) return bad(head, 'invalid HTTP version');
+  if (major < 0 || major > 9 || minor < 0 || minor > 9) return bad(head, 'invalid HTTP version');
+  if (major !== 1 || minor > 1) return bad(head, 'HTTP version not supported');
   head.minor = minor;
   let status = 0;
   for (let k = start + 9; k < start + 12; k++) {
@@ -107,8 +109,8 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
     if (d < 0 || d > 9) return bad(head, 'invalid status code');
     status = status * 10 + d;
   }
-  if (status < 100) return bad(head, 'invalid status code');
-  if (e > start + 12 && buf[start + 12] !== SP) return bad(head, 'invalid status line');
+  if (status < 100) return bad(head, 'status code below 100');
+  if (e > start + 12 && buf[start + 12] !== SP) return bad(head, buf[start + 12] === CR ? 'bare CR in the status line' : 'invalid status line');
   for (let k = start + 13; k < e; k++) if (VALUE[buf[k]] === 0) return bad(head, 'invalid reason phrase');
   head.status = status;
   head.statusStart = start + 9;
@@ -150,15 +152,17 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
     switch (kind) {
       case R_CONTENT_LENGTH: {
         const len = parseLength(buf, vs, ve);
-        if (len < 0 || head.contentLength >= 0) return bad(head, 'invalid Content-Length');
+        if (len === -2) return bad(head, 'Content-Length too large');
+        if (len < 0 || head.contentLength >= 0 || hasTab(buf, ve, eol)) return bad(head, 'invalid Content-Length');
         head.contentLength = len;
         break;
       }
       case R_TRANSFER_ENCODING:
-        if (teSeen || ve - vs !== 7 || !equalsText(buf, vs, 'chunked')) return bad(head, 'unsupported Transfer-Encoding');
+        if (teSeen || ve - vs !== 7 || !equalsText(buf, vs, 'chunked') || hasTab(buf, ve, eol)) return bad(head, 'unsupported Transfer-Encoding');
         teSeen = true;
         break;
       case R_CONNECTION:
+        if (hasTab(buf, vs, eol)) return bad(head, 'invalid Connection');
         connection(head, buf, vs, ve);
         break;
       case R_SET_COOKIE:

@@ -58,14 +58,32 @@ export function trimOwsEnd(buf: Uint8Array, start: number, end: number): number 
   return end;
 }
 
-/** A decimal Content-Length: digits only, no sign, no list; -1 when invalid or beyond 2^53. */
+/**
+ * True when buf[start, end) holds an HTAB. llhttp does not read a trailing
+ * HTAB as whitespace in Content-Length, Transfer-Encoding and Connection
+ * (it refuses the length, and reads `chunked<TAB>` as not chunked and
+ * `close<TAB>` as not close), so the parsers refuse it there rather than
+ * frame a message differently from a peer built on it.
+ */
+export function hasTab(buf: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) if (buf[i] === HTAB) return true;
+  return false;
+}
+
+/**
+ * A decimal Content-Length: digits only, no sign, no list. -1 when invalid;
+ * -2 when over 15 digits after leading zeros, beyond what a double counts
+ * exactly (2^53).
+ */
 export function parseLength(buf: Uint8Array, start: number, end: number): number {
-  if (start === end || end - start > 15) return -1;
+  if (start === end) return -1;
+  // 1*DIGIT allows leading zeros (RFC 9110 section 8.6), as llhttp does.
+  while (end - start > 1 && buf[start] === 0x30) start++;
   let n = 0;
   for (let i = start; i < end; i++) {
     const d = buf[i] - 0x30;
     if (d < 0 || d > 9) return -1;
     n = n * 10 + d;
   }
-  return n;
+  return end - start > 15 ? -2 : n;
 }
