@@ -50,7 +50,11 @@ async function main(): Promise<void> {
     return;
   }
   const { config, values } = command;
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, config.logFormat);
+  // SIGUSR1 (logrotate's postrotate) opens the access log file again in every loop, once started. Listening from
+  // the start also keeps Node from opening its inspector on it.
+  let reopen = (): void => {};
+  process.on('SIGUSR1', () => reopen());
 
   const demo: DemoOrigin[] = [];
   if (config.backends.length === 0) {
@@ -101,6 +105,13 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT', 0));
   process.on('SIGTERM', () => stop('SIGTERM', 0));
   process.on('SIGUSR2', () => stop('SIGUSR2', HANDOVER_GRACE_MS));
+  const accessFile = config.accessLog;
+  if (accessFile !== null && accessFile !== '') {
+    reopen = (): void => {
+      log.info({ file: accessFile }, 'SIGUSR1: reopening the access log');
+      proxy.reopenLogs();
+    };
+  }
   process.on('SIGHUP', () => reload(proxy, values, demo.length > 0));
   if (process.env.STICKY_PROXY_TEST_HOOKS === '1') {
     // Fault injection for tests: SIGTTIN ends an affinity worker, SIGTTOU crashes the second event loop.

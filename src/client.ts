@@ -8,7 +8,7 @@ import type { Socket } from 'node:net';
 import type { ProxyContext } from './context.ts';
 import { sessionKeys } from './cookies.ts';
 import type { Timed } from './deadlines.ts';
-import { Forward, type AccessFacts, type RequestFacts } from './forward.ts';
+import { Forward, logRefused, type AccessFacts, type RequestFacts } from './forward.ts';
 import { upstreamHead } from './head.ts';
 import { K_COOKIE, RequestHead, parseRequestHead } from './http/request.ts';
 import { reply } from './replies.ts';
@@ -54,6 +54,8 @@ export class ClientConnection implements Timed {
   /** How far the partial head in #rest was validated already. */
   #checked = 0;
   #headTimer = false;
+  /** When the head being received began (set with #headTimer), for a refused head's access log line. */
+  #headAt = 0;
   #pauses = 0;
   #parsing = false;
   #address: string | null = null;
@@ -186,16 +188,17 @@ export class ClientConnection implements Timed {
           this.#checked = h.validEnd - start;
           if (!this.#headTimer) {
             this.#headTimer = true;
-            this.deadline = performance.now() + ctx.clientHeaderTimeoutMs;
+            this.#headAt = performance.now();
+            this.deadline = this.#headAt + ctx.clientHeaderTimeoutMs;
           }
           return;
         }
-        this.#checked = 0;
-        this.#headTimer = false;
         if (r < 0) {
           this.#refuse(-r, h.reason);
           return;
         }
+        this.#checked = 0;
+        this.#headTimer = false;
         const f = this.#begin(h);
         this.forward = f;
         this.#state = ACTIVE;
@@ -256,8 +259,11 @@ export class ClientConnection implements Timed {
       // One comparison when --monitor-uri is off.
       monitor: ctx.monitorUri !== null && h.buf.compare(ctx.monitorUri, 0, ctx.monitorUri.length, h.pathStart, h.targetEnd) === 0,
     };
-    const built = upstreamHead(h, { clientAddress: this.address, proto: ctx.proto, forwarded: ctx.forwarded }, upgrade);
-    return new Forward(this, built, req, ctx.access === null ? null : accessFacts(h));
+    const built = upstreamHead(h, { clientAddress: this.address, proto: ctx.proto, forwarded: ctx.forwarded, requestId: ctx.requestId }, upgrade);
+    // The id the backend was sent, else (no --request-id-header) one for the log alone; none is made while the access log is off.
+    return new Forward(this, built, req, ctx.access === null
+      ? null
+      : accessFacts(h, built.idEnd > built.idStart ? built.bytes.toString('latin1', built.idStart, built.idEnd) : ctx.ids.next()));
   }
 
   /** The Forward is over; `keep`: the connection goes on to the next request. */
@@ -299,11 +305,27 @@ export class ClientConnection implements Timed {
     ctx.stats.clientErrors[status]++;
     ctx.stats.none.statuses[status]++;
     ctx.log.info({ status, reason, remote: this.address }, 'client error');
-    ctx.access?.info({ client: this.address, status, term: status === 408 ? 'client timeout' : 'client protocol error', reason });
+    const answer = reply(status, true);
+    if (ctx.access !== null) this.#logRefused(status, reason, answer.length);
     this.#rest = null;
-    this.write(reply(status, true));
+    this.write(answer);
     this.end();
   }
+
+  /** A refused head's access log line, with what its parse read: the request line, Host and User-Agent where they came. */
+  #logRefused(status: number, reason: string, bytesOut: number): void {
+    const ctx = this.ctx;
+    const h = parsed ??= new RequestHead(ctx.limits.maxHeaders);
+    // A head that timed out was left incomplete (in #rest), not refused: parsing it once more says how far it got.
+    // Otherwise the parse that refused it has just run. Either way its request line was read when it has a path.
+    if (status === 408) parseRequestHead(h, this.#rest!, 0, this.#rest!.length, ctx.limits);
+    const known = h.pathStart >= 0;
+    const id = ctx.ids.next();
+    const term = status === 408 ? 'client timeout' : 'client protocol error';
+    const ms = this.#headTimer ? performance.now() - this.#headAt : 0;
+    logRefused(ctx.access!, id, this.address, known ? h.method : null, known ? accessFacts(h, id) : null, status, ms, bytesOut, term, reason);
+  }
+
 
   expire(now: number): void {
     this.deadline = Infinity;
@@ -357,11 +379,12 @@ export class ClientConnection implements Timed {
   }
 }
 
-function accessFacts(h: RequestHead): AccessFacts {
+function accessFacts(h: RequestHead, id: string): AccessFacts {
   const buf = h.buf;
   let end = h.pathStart;
   while (end < h.targetEnd && buf[end] !== 63 /* ? */ && buf[end] !== 59 /* ; */) end++;
   return {
+    id,
     host: h.host >= 0 ? h.value(h.host) : h.form === 1 ? buf.toString('latin1', h.authorityStart, h.authorityEnd) : '',
     path: buf.toString('latin1', h.pathStart, end) || '/',
     userAgent: h.userAgent >= 0 ? h.value(h.userAgent) : '',

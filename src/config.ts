@@ -3,7 +3,7 @@
 // The flags themselves (kinds, ranges, defaults, texts) are in src/flags.ts;
 // this file turns their values into the Config and checks what one flag's
 // kind cannot: values that depend on each other, and the files they name.
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { X509Certificate } from 'node:crypto';
 import { ConfigError, helpText, parseArgv, parseFile, withDefaults, type Given } from './flag-kit.ts';
@@ -79,7 +79,11 @@ export interface Config {
   adminToken: string | null;
   /** The request-target the proxy answers itself on --listen (--monitor-uri), or null. */
   monitorUri: string | null;
-  accessLog: boolean;
+  /** The access log: null off, '' stdout, else the file it is appended to (reopened on SIGUSR1). */
+  accessLog: string | null;
+  /** The header carrying each request's id upstream (--request-id-header), or null for none. */
+  requestIdHeader: string | null;
+  logFormat: FlagValues['log-format'];
   /** The PEM texts, read and checked to match at configuration time. */
   tls: { cert: string; key: string } | null;
   /** A CA file to trust for https:// backends, besides the system's. */
@@ -150,6 +154,17 @@ function readText(flag: string, file: string): string {
   } catch (err) {
     throw new ConfigError(flag, `cannot read "${file}" (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
+}
+
+/** --access-log's file, opened for appending now (as `nginx -t` opens its logs), so a wrong path or mode fails at start, naming the flag. */
+function accessLog(file: string | null): string | null {
+  if (file === null || file === '') return file;
+  try {
+    closeSync(openSync(file, 'a'));
+  } catch (err) {
+    throw new ConfigError('--access-log', `cannot open "${file}" for appending (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  return file;
 }
 
 /** The admin token, given or read once from its file; checked as the flag's own value would be. */
@@ -272,7 +287,9 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     admin: v.admin,
     adminToken: adminToken(v),
     monitorUri: v['monitor-uri'],
-    accessLog: v['access-log'],
+    accessLog: accessLog(v['access-log']),
+    requestIdHeader: v['request-id-header'] === '' ? null : v['request-id-header'],
+    logFormat: v['log-format'],
     tls: certFile !== null && keyFile !== null ? loadTls(certFile, keyFile) : null,
     backendCa: v['backend-ca'],
     backendCaPem: v['backend-ca'] === null ? null : loadCa(v['backend-ca']),

@@ -8,6 +8,7 @@ import type { Deadlines } from './deadlines.ts';
 import type { Health } from './health.ts';
 import type { HeadLimits } from './http/request.ts';
 import type { Logger } from './log.ts';
+import type { RequestIdHeader, RequestIds } from './request-id.ts';
 import type { SharedState } from './shared.ts';
 import type { LoopStats } from './stats.ts';
 
@@ -22,6 +23,10 @@ export interface ProxyContext {
   log: Logger;
   /** The access log, or null when --access-log is off. */
   access: Logger | null;
+  /** This loop's request ids. */
+  ids: RequestIds;
+  /** --request-id-header, or null when no id is sent upstream. */
+  requestId: RequestIdHeader | null;
   /** The session cookies; a request without one of these names costs no affinity work. */
   names: SessionCookieNames;
   /** Lifetime of sliding bindings, seconds: an open WebSocket refreshes its binding well within it. */

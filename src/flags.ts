@@ -57,6 +57,27 @@ export function bearerToken(): Kind<string> {
     },
   };
 }
+
+// The headers the proxy writes, drops or acts on itself: a request id under one of these names would clash with them.
+const PROXY_HEADERS = new Set([
+  'host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'expect',
+  'cookie', 'user-agent', 'via', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'proxy-authenticate', 'proxy-authorization',
+]);
+
+/** A header name (an RFC 9110 token) the proxy does not otherwise handle, or "" for none. */
+function requestIdHeader(): Kind<string> {
+  const expect = 'a header name (letters, digits and !#$%&\'*+-.^_`|~; at most 64), or "" for none';
+  return {
+    expect, arg: 'NAME',
+    schema: { type: 'string', pattern: '^[!#$%&\'*+\\-.^_`|~0-9A-Za-z]{0,64}$' },
+    parse(raw, flag) {
+      if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]{0,64}$/.test(raw)) throw new ConfigError(flag, `expected ${expect}, got "${raw}"`);
+      if (PROXY_HEADERS.has(raw.toLowerCase().replace(/_/g, '-'))) throw new ConfigError(flag, `"${raw}" is a header the proxy sets or acts on itself`);
+      return raw;
+    },
+  };
+}
+
 // RFC 6265 token characters: what a cookie name may be.
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const DAY = 86400;
@@ -286,13 +307,21 @@ export const FLAGS = {
     section: 'Operations', shownDefault: 'off',
     help: 'a request for exactly this path on `--listen` is answered by the proxy itself, never forwarded: 200 while a backend is up, else 503 (as HAProxy\'s `monitor-uri`), for an L4 balancer\'s health check',
   }),
-  'access-log': sw({
-    section: 'Operations',
-    help: 'one log line per request: method, path, status, backend, affinity, time',
+  'access-log': opt(text('FILE', /^[^\0]*$/, 'a file path'), {
+    section: 'Operations', shownDefault: 'off', optionalValue: true,
+    help: 'one JSON line per request, at its end, whatever `--log-level` says: client, method, host, path, status, bytes, times, backend, affinity, retries, termination, user agent and request id (see [Logs](#logs)). Alone, to stdout; `--access-log=FILE` appends to FILE, reopened on SIGUSR1 (logrotate)',
+  }),
+  'request-id-header': one(requestIdHeader(), {
+    section: 'Operations', default: 'x-request-id',
+    help: 'the header that carries each request\'s id to the backend (the access log\'s `id`): the client\'s own value is kept when it is at most 200 visible ASCII characters, otherwise the proxy\'s id replaces it. `""` sends none',
+  }),
+  'log-format': one(oneOf(['json', 'pretty']), {
+    section: 'Operations', default: 'json',
+    help: 'the logs\' and the access log\'s form: `json` has the time in epoch milliseconds and numeric levels; `pretty`, the same JSON lines with an ISO 8601 time (UTC) and level names, for reading',
   }),
   'log-level': one(oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']), {
     section: 'Operations', default: 'info',
-    help: 'the least severe level logged',
+    help: 'the least severe level logged (the access log is not affected)',
   }),
   check: sw({
     section: 'Operations', cliOnly: true,

@@ -15,6 +15,7 @@ import type { Backend } from './backends.ts';
 import type { LookupOutcome } from './batch.ts';
 import type { ClientConnection } from './client.ts';
 import type { ProxyContext } from './context.ts';
+import type { Logger } from './log.ts';
 import { CLIENT_CLOSE, CLIENT_KEEP, CLIENT_KEEP_10, clientHead, withHost, type BuiltHead } from './head.ts';
 import { ChunkedReader, type ChunkSink } from './http/chunked.ts';
 import { BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE, ResponseHead, parseResponseHead } from './http/response.ts';
@@ -632,7 +633,9 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     const stats = this.backend === null || status === 400 || status === 408 ? this.ctx.stats.none : this.backend.stats;
     stats.statuses[status]++;
     if (this.termination === '') this.termination = reason;
-    this.client.write(reply(status, !keep, this.req.isHead));
+    const answer = reply(status, !keep, this.req.isHead);
+    this.bytesOut += answer.length;
+    this.client.write(answer);
     this.started = true;
     this.#log();
     this.client.forwardDone(this, keep);
@@ -646,6 +649,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     const now = performance.now();
     const up = this.backend;
     access.info({
+      id: f.id,
       client: this.client.address,
       method: this.req.method,
       host: f.host,
@@ -668,10 +672,40 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
 
 /** What the access log keeps of a request, taken from its head while it was at hand. */
 export interface AccessFacts {
+  /** The request id: the one sent upstream, else a new one. */
+  id: string;
   host: string;
   /** The path without query or ;parameters: session ids travel there too (;jsessionid=). */
   path: string;
   userAgent: string;
+}
+
+/**
+ * The access log line of a head the proxy refused (400, 408, 431, 414, 501,
+ * 505): the fields of every line, with what is known of a request that never
+ * began; `method` and `facts` are null when its request line was not read.
+ */
+export function logRefused(access: Logger, id: string, client: string, method: string | null, facts: AccessFacts | null, status: number, ms: number, bytesOut: number, term: string, reason: string): void {
+  access.info({
+    id,
+    client,
+    method,
+    host: facts === null ? null : facts.host,
+    path: facts === null ? null : facts.path,
+    status,
+    bytesIn: 0,
+    bytesOut,
+    ms: round(ms),
+    headMs: null,
+    connectMs: null,
+    backend: 'none',
+    addr: null,
+    affinity: 'none',
+    retries: 0,
+    term,
+    ua: facts === null ? null : facts.userAgent,
+    reason,
+  });
 }
 
 function round(ms: number): number {

@@ -3,12 +3,13 @@
 // headers (Connection and the names it lists, Keep-Alive, Proxy-Connection,
 // TE, Trailer, Upgrade outside upgrades, Proxy-Authenticate/-Authorization)
 // are dropped both ways; framing is written by the proxy itself; the
-// forwarding headers (X-Forwarded-For/-Proto/-Host, Via, Forwarded) are
-// added. Each head is built in one Buffer.
+// forwarding headers (X-Forwarded-For/-Proto/-Host, Via, Forwarded) and the
+// request id are added. Each head is built in one Buffer.
 import {
   ABSOLUTE_FORM, K_CONNECTION, K_CONTENT_LENGTH, K_COOKIE, K_DROP, K_EXPECT, K_FORWARDED, K_HOST, K_OTHER,
   K_TRANSFER_ENCODING, K_UPGRADE, K_USER_AGENT, K_VIA, K_X_FORWARDED_FOR, type RequestHead,
 } from './http/request.ts';
+import { REQUEST_ID_LENGTH, saneId, type RequestIdHeader } from './request-id.ts';
 import { R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_TRANSFER_ENCODING, R_UPGRADE, R_VIA, type ResponseHead } from './http/response.ts';
 
 export const VIA = '1.1 sticky-proxy';
@@ -21,14 +22,20 @@ export interface RequestHeadOptions {
   /** 'http' or 'https': how the client reached us. */
   proto: string;
   forwarded: boolean;
+  /** --request-id-header; null or absent: no id is sent. */
+  requestId?: RequestIdHeader | null;
 }
 
-/** Where the Host value sits in a built upstream head, for --rewrite-host. */
+/** Where the Host value sits in a built upstream head, for --rewrite-host; and the request id, for the access log. */
 export interface BuiltHead {
   bytes: Buffer;
   hostStart: number;
   hostEnd: number;
+  /** The request id's value in `bytes`; both 0 when none is sent. */
+  idStart: number;
+  idEnd: number;
 }
+
 
 /**
  * The head sent upstream for `h`: HTTP/1.1 request line, end-to-end headers as
@@ -52,11 +59,21 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   const lastXff = h.lastXff >= 0 && keep(h, h.lastXff) ? h.lastXff : -1;
   const lastVia = h.lastVia >= 0 && keep(h, h.lastVia) ? h.lastVia : -1;
   const lastForwarded = o.forwarded && h.lastForwarded >= 0 && keep(h, h.lastForwarded) ? h.lastForwarded : -1;
+  // The client's request-id lines are dropped; the first one's value is sent on when it is sane, else a new id.
+  const rid = o.requestId ?? null;
+  let clientId = -1;
 
   // Size first, then one allocation.
   let size = h.method.length + 1 + (h.targetEnd - pathStart) + (emptyPath ? 1 : 0) + 11;
   size += 8 + (hostEnd - hostStart);
-  for (let i = 0; i < h.count; i++) if (keep(h, i)) size += L[i * 5 + 4] - L[i * 5];
+  for (let i = 0; i < h.count; i++) {
+    if (rid !== null && isRequestId(h, i, rid.lower)) {
+      if (clientId === -1) clientId = saneId(buf, L[i * 5 + 2], L[i * 5 + 3]) ? i : -2;
+      continue;
+    }
+    if (keep(h, i)) size += L[i * 5 + 4] - L[i * 5];
+  }
+  if (rid !== null) size += rid.line.length + (clientId >= 0 ? L[clientId * 5 + 3] - L[clientId * 5 + 2] : REQUEST_ID_LENGTH) + 2;
   size += lastXff >= 0 ? 2 + o.clientAddress.length : 17 + o.clientAddress.length + 2;
   size += 19 + o.proto.length + 2;
   if (clientHost !== '') size += 18 + clientHost.length + 2;
@@ -91,7 +108,7 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   for (let i = 0; i < h.count; i++) {
     const ls = L[i * 5];
     const le = L[i * 5 + 4];
-    const kept = keep(h, i);
+    const kept = keep(h, i) && (rid === null || !isRequestId(h, i, rid.lower));
     const append = i === lastXff || i === lastVia || i === lastForwarded;
     if (!kept || append) {
       if (run >= 0) { p += buf.copy(out, p, run, runEnd); run = -1; }
@@ -112,10 +129,20 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   if (clientHost !== '') p += out.write(`X-Forwarded-Host: ${clientHost}\r\n`, p, 'latin1');
   if (lastVia < 0) p += out.write(`Via: ${VIA}\r\n`, p, 'latin1');
   if (o.forwarded && lastForwarded < 0) p += out.write(`Forwarded: ${forwarded}\r\n`, p, 'latin1');
+  let idStart = 0;
+  let idEnd = 0;
+  if (rid !== null) {
+    p += rid.line.copy(out, p);
+    idStart = p;
+    p += clientId >= 0 ? buf.copy(out, p, L[clientId * 5 + 2], L[clientId * 5 + 3]) : rid.ids.write(out, p);
+    idEnd = p;
+    out[p++] = 13;
+    out[p++] = 10;
+  }
   if (h.chunked) p += out.write('Transfer-Encoding: chunked\r\n', p, 'latin1');
   if (upgradeValue !== '') p += out.write(`Connection: upgrade\r\nUpgrade: ${upgradeValue}\r\n`, p, 'latin1');
   p += out.write(CRLF, p, 'latin1');
-  return { bytes: p === size ? out : out.subarray(0, p), hostStart: builtHostStart, hostEnd: builtHostEnd };
+  return { bytes: p === size ? out : out.subarray(0, p), hostStart: builtHostStart, hostEnd: builtHostEnd, idStart, idEnd };
 }
 
 /** The built head with another Host value (--rewrite-host: the backend's host:port). */
@@ -136,6 +163,21 @@ function unquotable(host: string): string {
     if (c !== 34 && c !== 92) out += host[i];
   }
   return out;
+}
+
+/** Header i is the request-id header: an unclassified name equal to `lower` ignoring case, '_' read as '-'. */
+function isRequestId(h: RequestHead, i: number, lower: string): boolean {
+  if (h.kinds[i] !== K_OTHER) return false;
+  const s = h.lines[i * 5];
+  if (h.lines[i * 5 + 1] - s !== lower.length) return false;
+  const buf = h.buf;
+  for (let k = 0; k < lower.length; k++) {
+    let c = buf[s + k];
+    if (c === 95) c = 45;
+    else if (c >= 65 && c <= 90) c += 32;
+    if (c !== lower.charCodeAt(k)) return false;
+  }
+  return true;
 }
 
 function keep(h: RequestHead, i: number): boolean {

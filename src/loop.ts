@@ -18,9 +18,10 @@ import type { ProxyContext } from './context.ts';
 import { SessionCookieNames } from './cookies.ts';
 import { Deadlines } from './deadlines.ts';
 import { Health } from './health.ts';
-import type { Logger } from './log.ts';
+import { AccessLog, type Logger } from './log.ts';
 import { loopMetrics, resolverMetrics, workerPoolMetrics, type MetricJson } from './metrics.ts';
 import { NearCache } from './near-cache.ts';
+import { RequestIds, requestIdHeader } from './request-id.ts';
 import { Resolver, describeStore } from './resolver.ts';
 import { SharedState, type SharedMemory } from './shared.ts';
 import { LoopStats, ResolverStats } from './stats.ts';
@@ -119,6 +120,8 @@ export class Loop {
   readonly resolverStats: ResolverStats;
   readonly deadlines: Deadlines;
   readonly storeDescription: string;
+  /** --access-log's writer, or null. */
+  readonly accessLog: AccessLog | null;
 
   private constructor(s: LoopSettings, log: Logger, settings: ResolverSettings, runner: BatchRunner, resolverStats: ResolverStats) {
     const config = s.config;
@@ -158,6 +161,8 @@ export class Loop {
       resolverStats,
     }, runner);
     this.health = new Health(this.backends, { ...config, ca: config.backendCaPem }, log, this.state);
+    this.accessLog = config.accessLog === null ? null : new AccessLog(config.accessLog, config.logFormat, s.index, log);
+    const ids = new RequestIds();
     this.ctx = {
       affinity: this.affinity,
       backends: this.backends,
@@ -166,7 +171,9 @@ export class Loop {
       health: this.health,
       state: this.state,
       log,
-      access: config.accessLog ? log.child({ access: true }) : null,
+      access: this.accessLog?.logger ?? null,
+      ids,
+      requestId: config.requestIdHeader === null ? null : requestIdHeader(config.requestIdHeader, ids),
       names: new SessionCookieNames(config.sessionCookies, config.cookiePickLast),
       defaultTtl: config.defaultTtl,
       retries: config.retries,
@@ -235,6 +242,11 @@ export class Loop {
   applyBackends(backends: LoopSettings['backends']): void {
     const { added } = this.backends.apply(slotted(backends));
     if (this.index === 0) for (const b of added) this.health.watch(b);
+  }
+
+  /** SIGUSR1: the access log file is opened again at its path (logrotate moved the old one away). */
+  reopenLogs(): void {
+    this.accessLog?.reopen();
   }
 
   /** Fault injection for tests: ends one of this loop's affinity workers. */

@@ -29,6 +29,7 @@ export type ToLoop =
   | { type: 'metrics'; id: number }
   | { type: 'close'; timeoutMs: number; graceMs: number }
   | { type: 'terminate-worker' }
+  | { type: 'reopen-logs' }
   | { type: 'crash' };
 export type FromLoop =
   | { type: 'ready' }
@@ -213,6 +214,12 @@ export class StickyProxy {
     this.loop.applyBackends(list);
     for (const t of this.threads) t.send({ type: 'backends', backends: list });
     this.log.info({ added, removed, reweighted }, 'backends reloaded');
+  }
+
+  /** SIGUSR1: every loop opens its access log file again (logrotate). */
+  reopenLogs(): void {
+    this.loop.reopenLogs();
+    for (const t of this.threads) t.send({ type: 'reopen-logs' });
   }
 
   /** Every loop's metrics and every affinity worker's, summed. */

@@ -10,7 +10,7 @@ import type { FromLoop, ToLoop } from '../src/proxy.ts';
 
 const settings = workerData as LoopSettings;
 const port = parentPort!;
-const log = createLogger(settings.config.logLevel).child({ loop: settings.index });
+const log = createLogger(settings.config.logLevel, settings.config.logFormat).child({ loop: settings.index });
 const send = (m: FromLoop): void => port.postMessage(m);
 
 let loop: Loop;
@@ -38,6 +38,9 @@ port.on('message', (m: ToLoop) => {
         log.error({ err: err.message }, 'closing the event loop failed');
         process.exit(1);
       });
+      break;
+    case 'reopen-logs':
+      loop.reopenLogs();
       break;
     case 'terminate-worker':
       loop.terminateOneWorker();

@@ -153,6 +153,8 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
   head.expectContinue = false;
   head.connTokens = null;
   head.reason = '';
+  // Set once the request line is read: a refused head's access log line tells whether it had one.
+  head.pathStart = -1;
 
   // An empty line before the request line is ignored (RFC 9112 section 2.2).
   let pos = start;
