@@ -5,6 +5,7 @@ import { ConfigError, HELP, parseCommand, type Command, type Config } from './co
 import type { DemoOrigin } from './demo.ts';
 import { FLAGS, type FlagName, type FlagValues } from './flags.ts';
 import { createLogger } from './log.ts';
+import { loopReload } from './loop.ts';
 import { StickyProxy } from './proxy.ts';
 
 // How SIGHUP applies each flag whose table entry says `reload: true`.
@@ -15,8 +16,28 @@ import { StickyProxy } from './proxy.ts';
  */
 const HANDOVER_GRACE_MS = 1000;
 
-const APPLY: { [K in FlagName]?: (proxy: StickyProxy, next: Config) => void } = {
-  backend: (proxy, next) => proxy.applyBackends(next.backends),
+const APPLY: { [K in FlagName]?: 'backends' | 'settings' } = {
+  backend: 'backends',
+  // The rest go to every loop as one LoopReload (src/loop.ts).
+  'log-level': 'settings',
+  'session-cookie': 'settings',
+  'cookie-pick': 'settings',
+  'no-adopt': 'settings',
+  'upstream-connect-timeout': 'settings',
+  'upstream-header-timeout': 'settings',
+  'upstream-body-timeout': 'settings',
+  'upstream-idle-timeout': 'settings',
+  'queue-max': 'settings',
+  'queue-timeout': 'settings',
+  retries: 'settings',
+  'client-header-timeout': 'settings',
+  'client-idle-timeout': 'settings',
+  'client-body-timeout': 'settings',
+  forwarded: 'settings',
+  'rewrite-host': 'settings',
+  'trusted-proxy': 'settings',
+  'tls-cert': 'settings',
+  'tls-key': 'settings',
 };
 for (const k of Object.keys(FLAGS) as FlagName[]) {
   if (FLAGS[k].reload && APPLY[k] === undefined) throw new Error(`--${k} is marked reloadable but SIGHUP has no way to apply it`);
@@ -73,6 +94,9 @@ async function main(): Promise<void> {
     process.stderr.write(`sticky-proxy: cannot start: ${(err as Error).message}\n`);
     process.exit(1);
   }
+  // Before the start-up lines: whoever reads them may send SIGHUP at once.
+  const running = { values, tls: config.tls };
+  process.on('SIGHUP', () => reload(proxy, running, demo.length > 0));
   const url = `${config.tls === null ? 'http' : 'https'}://${config.listenHost.includes(':') ? `[${config.listenHost}]` : config.listenHost}:${proxy.port}`;
   log.info({ url, store: proxy.storeDescription, threads: config.threads, workers: config.workers, backends: config.backends.length }, 'listening');
   console.log(`sticky-proxy listening on ${url}`);
@@ -112,7 +136,6 @@ async function main(): Promise<void> {
       proxy.reopenLogs();
     };
   }
-  process.on('SIGHUP', () => reload(proxy, values, demo.length > 0));
   if (process.env.STICKY_PROXY_TEST_HOOKS === '1') {
     // Fault injection for tests: SIGTTIN ends an affinity worker, SIGTTOU crashes the second event loop.
     process.on('SIGTTIN', () => proxy.terminateOneWorker());
@@ -124,11 +147,12 @@ async function main(): Promise<void> {
 
 
 /**
- * SIGHUP: re-reads the flags and the --config file and applies the changed
- * flags the table marks reloadable; it says which changes wait for a restart.
- * A file that does not validate changes nothing.
+ * SIGHUP: re-reads the flags, the --config file and the TLS files, applies
+ * the changed flags the table marks reloadable in every loop, and says in one
+ * line which it applied, in another which need a restart (those are not
+ * applied). A file that does not validate changes nothing.
  */
-function reload(proxy: StickyProxy, running: FlagValues, demo: boolean): void {
+function reload(proxy: StickyProxy, running: { values: FlagValues; tls: Config['tls'] }, demo: boolean): void {
   const log = proxy.log;
   if (demo) {
     log.warn('SIGHUP: the demo has nothing to reload');
@@ -146,15 +170,33 @@ function reload(proxy: StickyProxy, running: FlagValues, demo: boolean): void {
     return;
   }
   const { config: next, values } = command;
-  const changed = (Object.keys(FLAGS) as FlagName[]).filter((k) => !FLAGS[k].cliOnly && JSON.stringify(values[k]) !== JSON.stringify(running[k]));
-  const applied = changed.filter((k) => FLAGS[k].reload);
-  const waiting = changed.filter((k) => !FLAGS[k].reload);
-  for (const k of applied) {
-    APPLY[k]!(proxy, next);
-    (running as Record<FlagName, unknown>)[k] = values[k];
+  const changed = (Object.keys(FLAGS) as FlagName[]).filter((k) => !FLAGS[k].cliOnly && JSON.stringify(values[k]) !== JSON.stringify(running.values[k]));
+  // A certificate renewed in place keeps its path: what counts is what the files hold.
+  const tls = running.tls;
+  if (tls !== null && next.tls !== null) {
+    if (next.tls.cert !== tls.cert && !changed.includes('tls-cert')) changed.push('tls-cert');
+    if (next.tls.key !== tls.key && !changed.includes('tls-key')) changed.push('tls-key');
   }
-  if (applied.length > 0) log.info({ flags: applied.map((k) => `--${k}`) }, 'SIGHUP: applied');
-  if (waiting.length > 0) log.warn({ flags: waiting.map((k) => `--${k}`) }, 'SIGHUP: these settings take effect at the next restart');
+  // Turning TLS on or off changes the listener itself.
+  const listenerChanged = (tls === null) !== (next.tls === null);
+  const reloads = (k: FlagName): boolean => FLAGS[k].reload === true && !(listenerChanged && (k === 'tls-cert' || k === 'tls-key'));
+  const applied = changed.filter(reloads);
+  const waiting = changed.filter((k) => !reloads(k));
+  const apply = (): void => {
+    if (applied.some((k) => APPLY[k] === 'backends')) proxy.applyBackends(next.backends);
+    if (applied.some((k) => APPLY[k] === 'settings')) {
+      proxy.applySettings(loopReload(next, applied.includes('tls-cert') || applied.includes('tls-key')));
+      if (!listenerChanged) running.tls = next.tls;
+    }
+    for (const k of applied) (running.values as Record<FlagName, unknown>)[k] = values[k];
+  };
+  const say = (): void => {
+    if (applied.length > 0) log.info({ flags: applied.map((k) => `--${k}`) }, 'SIGHUP: applied');
+  };
+  // The line saying what was applied is written under whichever of the old and the new --log-level shows it.
+  if (log.isLevelEnabled('info')) { say(); apply(); } else { apply(); say(); }
+  if (waiting.length > 0) log.warn({ flags: waiting.map((k) => `--${k}`) }, 'SIGHUP: changed, but these need a restart; not applied');
+  if (changed.length === 0) log.info('SIGHUP: nothing changed');
 }
 
 await main();

@@ -10,6 +10,7 @@ import { sessionKeys } from './cookies.ts';
 import type { Timed } from './deadlines.ts';
 import { Forward, logRefused, type AccessFacts, type RequestFacts } from './forward.ts';
 import { upstreamHead } from './head.ts';
+import { PP_MORE, PP_REASONS, ProxyHeader, parseProxyHeader } from './proxy-protocol.ts';
 import { K_COOKIE, RequestHead, parseRequestHead } from './http/request.ts';
 import { reply } from './replies.ts';
 import type { Tunnel } from './upgrade.ts';
@@ -22,6 +23,8 @@ const HEAD = 0;
 const ACTIVE = 1;
 const TUNNEL = 2;
 const CLOSING = 3;
+/** --accept-proxy: waiting for the PROXY protocol header. */
+const PREAMBLE = 4;
 
 // Why reading is paused: the backend is not taking the body yet, or enough is read ahead.
 const PAUSE_BODY = 1;
@@ -39,6 +42,8 @@ const LINGER_MS = 2000;
 let parsed: RequestHead | null = null;
 let cookieStarts = new Int32Array(8);
 let cookieEnds = new Int32Array(8);
+// One PROXY header is read at a time; its address is taken at once.
+const proxyHeader = new ProxyHeader();
 
 export class ClientConnection implements Timed {
   readonly socket: OwnedSocket;
@@ -59,6 +64,8 @@ export class ClientConnection implements Timed {
   #pauses = 0;
   #parsing = false;
   #address: string | null = null;
+  /** Whether the peer is a --trusted-proxy: 1 or 0; -1 until the first request asks. */
+  #trust = -1;
   /** performance.now() when the connection last became idle (a restart closes those idle long enough). */
   idleSince: number;
 
@@ -74,6 +81,8 @@ export class ClientConnection implements Timed {
     socket.on('close', onClose);
     socket.on('error', onError);
     socket.on('drain', onDrain);
+    // The PROXY header must come first, within the header timeout; without --accept-proxy this is one test per connection.
+    if (ctx.acceptProxy) this.#state = PREAMBLE;
     ctx.clients.add(this);
     ctx.deadlines.add(this);
     ctx.state.connections(1);
@@ -83,6 +92,16 @@ export class ClientConnection implements Timed {
     return this.#address ??= this.socket.remoteAddress ?? '';
   }
 
+  /** The peer (after a PROXY header) is a --trusted-proxy; decided once per connection. */
+  get trusted(): boolean {
+    if (this.#trust < 0) {
+      const list = this.ctx.trusted;
+      const a = this.address;
+      this.#trust = list !== null && list.check(a, a.includes(':') ? 'ipv6' : 'ipv4') ? 1 : 0;
+    }
+    return this.#trust === 1;
+  }
+
   /** True while the client takes what is written without buffering beyond its high-water mark. */
   get canWrite(): boolean {
     return !this.socket.writableNeedDrain;
@@ -90,7 +109,7 @@ export class ClientConnection implements Timed {
 
   /** True while no request is in flight (shutdown closes such connections at once). */
   get idle(): boolean {
-    return this.#state === HEAD && this.#rest === null;
+    return (this.#state === HEAD || this.#state === PREAMBLE) && this.#rest === null;
   }
 
   write(b: Buffer): boolean {
@@ -160,6 +179,10 @@ export class ClientConnection implements Timed {
       }
       return;
     }
+    if (state === PREAMBLE) {
+      this.#preamble(chunk);
+      return;
+    }
     let buf = chunk;
     if (this.#rest !== null) {
       // Only a partial head is ever kept here while no request is in flight.
@@ -167,6 +190,36 @@ export class ClientConnection implements Timed {
       this.#rest = null;
     }
     this.#parse(buf);
+  }
+
+  /** --accept-proxy: the PROXY header (its address becomes the client's), then the first request's bytes. */
+  #preamble(chunk: Buffer): void {
+    const buf = this.#rest === null ? chunk : Buffer.concat([this.#rest, chunk]);
+    this.#rest = null;
+    // The parser bounds the header (107 bytes for v1, 16 + 4096 for v2): #rest cannot grow past that.
+    const n = parseProxyHeader(buf, 0, buf.length, proxyHeader);
+    if (n === PP_MORE) {
+      this.#rest = buf;
+      return;
+    }
+    if (n < 0) {
+      this.#refuseProxy(PP_REASONS[-n]);
+      return;
+    }
+    // LOCAL, UNKNOWN, UNSPEC and UNIX carry no address to use: the socket's stands.
+    if (proxyHeader.address !== '') this.#address = proxyHeader.address;
+    this.#state = HEAD;
+    if (n < buf.length) this.#parse(buf.subarray(n));
+  }
+
+  /** No valid PROXY header: closed without an answer, as HAProxy does, and counted. */
+  #refuseProxy(reason: string): void {
+    const ctx = this.ctx;
+    ctx.stats.proxyProtocolErrors++;
+    ctx.log.info({ reason, remote: this.socket.remoteAddress }, 'PROXY protocol error');
+    this.#rest = null;
+    this.#state = CLOSING;
+    this.socket.destroy();
   }
 
   #stash(b: Buffer): void {
@@ -259,7 +312,7 @@ export class ClientConnection implements Timed {
       // One comparison when --monitor-uri is off.
       monitor: ctx.monitorUri !== null && h.buf.compare(ctx.monitorUri, 0, ctx.monitorUri.length, h.pathStart, h.targetEnd) === 0,
     };
-    const built = upstreamHead(h, { clientAddress: this.address, proto: ctx.proto, forwarded: ctx.forwarded, requestId: ctx.requestId }, upgrade);
+    const built = upstreamHead(h, { clientAddress: this.address, proto: ctx.proto, forwarded: ctx.forwarded, trusted: this.trusted, requestId: ctx.requestId }, upgrade);
     // The id the backend was sent, else (no --request-id-header) one for the log alone; none is made while the access log is off.
     return new Forward(this, built, req, ctx.access === null
       ? null
@@ -326,11 +379,14 @@ export class ClientConnection implements Timed {
     logRefused(ctx.access!, id, this.address, known ? h.method : null, known ? accessFacts(h, id) : null, status, ms, bytesOut, term, reason);
   }
 
-
   expire(now: number): void {
     this.deadline = Infinity;
     if (this.#state === CLOSING) {
       this.socket.destroy();
+      return;
+    }
+    if (this.#state === PREAMBLE) {
+      this.#refuseProxy('PROXY header timeout');
       return;
     }
     if (this.#state === HEAD) {

@@ -4,6 +4,7 @@
 // this file turns their values into the Config and checks what one flag's
 // kind cannot: values that depend on each other, and the files they name.
 import { closeSync, openSync, readFileSync } from 'node:fs';
+import { BlockList, isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import type { X509Certificate } from 'node:crypto';
 import { ConfigError, helpText, parseArgv, parseFile, withDefaults, type Given } from './flag-kit.ts';
@@ -73,6 +74,10 @@ export interface Config {
   logLevel: string;
   forwarded: boolean;
   rewriteHost: boolean;
+  /** Every connection starts with a PROXY protocol header (--accept-proxy). */
+  acceptProxy: boolean;
+  /** --trusted-proxy's addresses and CIDR blocks, as written (trustList() makes them a BlockList). */
+  trustedProxies: string[];
   /** Where the admin API listens, or null. */
   admin: { host: string; port: number } | null;
   /** The bearer token the admin API asks for (--admin-token, or read from --admin-token-file), or null. */
@@ -234,6 +239,8 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
   const certFile = v['tls-cert'];
   const keyFile = v['tls-key'];
   if ((certFile === null) !== (keyFile === null)) throw new ConfigError(certFile === null ? '--tls-key' : '--tls-cert', 'needs --tls-cert and --tls-key together');
+  // The PROXY header comes before the TLS handshake, which this listener does not read past yet.
+  if (v['accept-proxy'] && certFile !== null) throw new ConfigError('--accept-proxy', 'cannot be combined with --tls-cert yet: the PROXY header comes before the TLS handshake');
   const listen: HostPort = v.listen;
 
   return {
@@ -284,6 +291,8 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     logLevel: v['log-level'],
     forwarded: v.forwarded,
     rewriteHost: v['rewrite-host'],
+    acceptProxy: v['accept-proxy'],
+    trustedProxies: v['trusted-proxy'],
     admin: v.admin,
     adminToken: adminToken(v),
     monitorUri: v['monitor-uri'],
@@ -312,4 +321,18 @@ export function usableCores(): number {
     // No cgroup v2 quota readable: the affinity mask stands.
   }
   return Math.min(cores, 64);
+}
+
+/** --trusted-proxy's list as node:net's BlockList (one per event loop), or null when none is given: nobody's X-Forwarded-For is kept. */
+export function trustList(cidrs: readonly string[]): BlockList | null {
+  if (cidrs.length === 0) return null;
+  const list = new BlockList();
+  for (const c of cidrs) {
+    const slash = c.indexOf('/');
+    const address = slash < 0 ? c : c.slice(0, slash);
+    const type = isIP(address) === 4 ? 'ipv4' : 'ipv6';
+    if (slash < 0) list.addAddress(address, type);
+    else list.addSubnet(address, Number(c.slice(slash + 1)), type);
+  }
+  return list;
 }

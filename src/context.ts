@@ -1,4 +1,5 @@
 // What every request's trip needs from its event loop; built once per loop by proxy.ts.
+import type { BlockList } from 'node:net';
 import type { Affinity } from './affinity.ts';
 import type { BackendSet } from './backends.ts';
 import type { Balancer } from './balance.ts';
@@ -41,6 +42,10 @@ export interface ProxyContext {
   proto: string;
   forwarded: boolean;
   rewriteHost: boolean;
+  /** --accept-proxy: a connection's first bytes are a PROXY protocol header. */
+  acceptProxy: boolean;
+  /** --trusted-proxy: peers whose X-Forwarded-For is kept; null, nobody's. Checked once per connection. */
+  trusted: BlockList | null;
   /** --monitor-uri's bytes: a request-target equal to them is answered by the proxy; null when off. */
   monitorUri: Buffer | null;
   limits: HeadLimits;

@@ -119,12 +119,12 @@ export interface TtlRules {
 
 /**
  * Reads one Set-Cookie value. Returns null when it sets no configured session
- * cookie. Max-Age wins over Expires; no expiry means a sliding default TTL;
+ * cookie (`names` null: the caller picked the value by name already). Max-Age wins over Expires; no expiry means a sliding default TTL;
  * a lifetime beyond maxTtl slides at maxTtl; Max-Age<=0 or a past Expires clears.
  */
-export function sessionSetCookie(value: string, names: readonly string[], rules: TtlRules, nowMs: number): SessionCookie | null {
+export function sessionSetCookie(value: string, names: readonly string[] | null, rules: TtlRules, nowMs: number): SessionCookie | null {
   const sc = parseSetCookie(value, RAW);
-  if (!names.includes(sc.name)) return null;
+  if (names !== null && !names.includes(sc.name)) return null;
   const id = sc.value ?? '';
   let ttl: number;
   let sliding = false;

@@ -4,6 +4,7 @@
 // README's flag tables are all generated from this table (src/flag-kit.ts);
 // src/config.ts turns the values into the Config and checks what spans flags.
 // Adding a flag is one entry here, then `npm run generate`.
+import { isIP } from 'node:net';
 import type { BackendConfig } from './config.ts';
 import { ConfigError, hostPort, hostPortList, int, many, one, oneOf, opt, path, sw, text, type Kind, type Values } from './flag-kit.ts';
 
@@ -57,6 +58,24 @@ export function bearerToken(): Kind<string> {
     },
   };
 }
+/** An IPv4 or IPv6 address, or a CIDR block of either: what BlockList takes (a text as written; src/config.ts builds the list). */
+function cidr(): Kind<string> {
+  const expect = 'an IPv4 or IPv6 address or CIDR block (10.0.0.0/8, 2001:db8::/32)';
+  return {
+    expect, arg: 'CIDR',
+    schema: { type: 'string', pattern: '^[0-9A-Fa-f.:]+(?:/[0-9]{1,3})?$' },
+    parse(raw, flag) {
+      const slash = raw.indexOf('/');
+      const address = slash < 0 ? raw : raw.slice(0, slash);
+      const family = isIP(address);
+      const prefix = slash < 0 ? null : raw.slice(slash + 1);
+      if (family === 0 || (prefix !== null && (!/^\d{1,3}$/.test(prefix) || Number(prefix) > (family === 4 ? 32 : 128)))) {
+        throw new ConfigError(flag, `expected ${expect}, got "${raw}"`);
+      }
+      return raw;
+    },
+  };
+}
 
 // The headers the proxy writes, drops or acts on itself: a request id under one of these names would clash with them.
 const PROXY_HEADERS = new Set([
@@ -94,7 +113,7 @@ export const FLAGS = {
     help: 'a backend. NAME is `[A-Za-z0-9_.-]{1,64}` and is what memcached stores; URL is an origin (`http://host:port` or `https://…`); weight 0–1000, default 1. Weight 0 serves only sessions already bound to it. With no backend, the demo starts: two session origins behind the proxy.',
   }),
   'session-cookie': many(text('NAME', COOKIE_NAME, 'a cookie name (RFC 6265 token)'), {
-    section: 'Routing and affinity', default: ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId', 'sessionid'],
+    section: 'Routing and affinity', default: ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId', 'sessionid'], reload: true,
     help: 'a session cookie to stick on; the first bound one in this order wins. The defaults cover Express (`connect.sid`), PHP, Java servlets (Tomcat, Jetty), ASP.NET and Django (`sessionid`); name others, such as `laravel_session` or `ci_session`, with this flag',
   }),
   'no-affinity': sw({
@@ -154,11 +173,11 @@ export const FLAGS = {
     help: 'bindings the near cache remembers (one table per process, shared by every event loop)',
   }),
   'no-adopt': sw({
-    section: 'Routing and affinity',
+    section: 'Routing and affinity', reload: true,
     help: 'only Set-Cookie binds: a backend that accepts a session id it was sent without a binding (answers 2xx or 3xx without a new id) does not adopt it',
   }),
   'cookie-pick': one(oneOf(['first', 'last']), {
-    section: 'Routing and affinity', default: 'first',
+    section: 'Routing and affinity', default: 'first', reload: true,
     help: 'which one counts when a request carries a session cookie twice: `first` (PHP, Express, Java servlets, ASP.NET) or `last` (Django)',
   }),
 
@@ -168,27 +187,27 @@ export const FLAGS = {
     help: 'most connections to each backend from the whole process, split evenly between the `--threads` loops (at least one each)',
   }),
   'upstream-connect-timeout': one(int(1, 600_000, 'MS'), {
-    section: 'Backends', default: 3000,
+    section: 'Backends', default: 3000, reload: true,
     help: 'connect timeout to a backend (504)',
   }),
   'upstream-header-timeout': one(int(1, HOUR_MS, 'MS'), {
-    section: 'Backends', default: 30000,
+    section: 'Backends', default: 30000, reload: true,
     help: 'wait for a backend\'s response head (504)',
   }),
   'upstream-body-timeout': one(int(1, HOUR_MS, 'MS'), {
-    section: 'Backends', default: 60000,
+    section: 'Backends', default: 60000, reload: true,
     help: 'silence allowed inside a response body (the client\'s answer is cut)',
   }),
   'upstream-idle-timeout': one(int(1, HOUR_MS, 'MS'), {
-    section: 'Backends', default: 4000,
+    section: 'Backends', default: 4000, reload: true,
     help: 'kept-alive backend connections idle longer than this are closed; keep it below the backends\' own keep-alive timeout (Node\'s is 5 s)',
   }),
   'queue-max': one(int(0, 1_000_000), {
-    section: 'Backends', default: 1024,
+    section: 'Backends', default: 1024, reload: true,
     help: 'requests that may wait, in each loop, for a connection to one backend once its share of `--upstream-connections` is open; beyond, 503 with `Retry-After`',
   }),
   'queue-timeout': one(int(1, HOUR_MS, 'MS'), {
-    section: 'Backends', default: 5000,
+    section: 'Backends', default: 5000, reload: true,
     help: 'longest a request waits for a connection to its backend; then 503 with `Retry-After`',
   }),
   'backend-ca': opt(path(), {
@@ -196,7 +215,7 @@ export const FLAGS = {
     help: 'a PEM CA (or bundle) to trust for `https://` backends, besides the system\'s',
   }),
   retries: one(int(0, 10), {
-    section: 'Backends', default: 2,
+    section: 'Backends', default: 2, reload: true,
     help: 'retries on another backend when the connection fails before any response byte, for idempotent or unsent requests (see [Faults](#faults))',
   }),
   'health-path': opt(text('PATH', /^\/[\x21-\x7e]*$/, 'a path starting with /'), {
@@ -238,15 +257,15 @@ export const FLAGS = {
 
   // Clients
   'client-header-timeout': one(int(100, HOUR_MS, 'MS'), {
-    section: 'Clients', default: 10000,
+    section: 'Clients', default: 10000, reload: true,
     help: 'time a client has to send its request headers (408)',
   }),
   'client-idle-timeout': one(int(1, HOUR_MS, 'MS'), {
-    section: 'Clients', default: 30000,
+    section: 'Clients', default: 30000, reload: true,
     help: 'idle keep-alive client connections are closed after this',
   }),
   'client-body-timeout': one(int(100, HOUR_MS, 'MS'), {
-    section: 'Clients', default: 30000,
+    section: 'Clients', default: 30000, reload: true,
     help: 'silence allowed inside a request body: past it, 408 (if the answer has not begun), the connection is closed and its backend connection freed',
   }),
   'max-head-size': one(int(1024, 1 << 20, 'BYTES'), {
@@ -270,19 +289,27 @@ export const FLAGS = {
     help: 'on SIGTERM/SIGINT, how long in-flight requests may finish',
   }),
   forwarded: sw({
-    section: 'Clients',
+    section: 'Clients', reload: true,
     help: 'add an RFC 7239 `Forwarded` header (X-Forwarded-For, -Proto, -Host and Via are always set)',
   }),
   'rewrite-host': sw({
-    section: 'Clients',
+    section: 'Clients', reload: true,
     help: 'send the backend\'s `host:port` as `Host` (default: the client\'s `Host` unchanged)',
   }),
-  'tls-cert': opt(path(), {
+  'accept-proxy': sw({
     section: 'Clients',
+    help: 'every connection to `--listen` begins with a PROXY protocol header, version 1 or 2 (as HAProxy\'s `accept-proxy`), from an L4 balancer: its address becomes the client\'s. A connection without a valid header is closed (see [Security](#security))',
+  }),
+  'trusted-proxy': many(cidr(), {
+    section: 'Clients', default: [], shownDefault: 'none', reload: true,
+    help: 'a proxy (address or CIDR block, IPv4 or IPv6) whose `X-Forwarded-For` is kept and appended to; from any other client it is replaced by the client\'s address (see [Security](#security))',
+  }),
+  'tls-cert': opt(path(), {
+    section: 'Clients', reload: true,
     help: 'terminate HTTPS on `--listen` with this PEM certificate (chain); needs `--tls-key`',
   }),
   'tls-key': opt(path(), {
-    section: 'Clients',
+    section: 'Clients', reload: true,
     help: 'the PEM private key of `--tls-cert`; checked to match it at start',
   }),
 
@@ -320,7 +347,7 @@ export const FLAGS = {
     help: 'the logs\' and the access log\'s form: `json` has the time in epoch milliseconds and numeric levels; `pretty`, the same JSON lines with an ISO 8601 time (UTC) and level names, for reading',
   }),
   'log-level': one(oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']), {
-    section: 'Operations', default: 'info',
+    section: 'Operations', default: 'info', reload: true,
     help: 'the least severe level logged (the access log is not affected)',
   }),
   check: sw({

@@ -22,6 +22,12 @@ export interface RequestHeadOptions {
   /** 'http' or 'https': how the client reached us. */
   proto: string;
   forwarded: boolean;
+  /**
+   * The peer is a --trusted-proxy: its X-Forwarded-For (and Forwarded, with
+   * --forwarded) is kept and appended to. Otherwise those lines are dropped and
+   * the proxy's own replace them, so a client cannot forge its address.
+   */
+  trusted: boolean;
   /** --request-id-header; null or absent: no id is sent. */
   requestId?: RequestIdHeader | null;
 }
@@ -35,7 +41,6 @@ export interface BuiltHead {
   idStart: number;
   idEnd: number;
 }
-
 
 /**
  * The head sent upstream for `h`: HTTP/1.1 request line, end-to-end headers as
@@ -56,9 +61,13 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   const clientHost = hostEnd > hostStart ? buf.toString('latin1', hostStart, hostEnd) : '';
 
   // A list header named in Connection is dropped: the proxy then writes its own line.
-  const lastXff = h.lastXff >= 0 && keep(h, h.lastXff) ? h.lastXff : -1;
+  const trusted = o.trusted;
+  const lastXff = trusted && h.lastXff >= 0 && keep(h, h.lastXff) ? h.lastXff : -1;
   const lastVia = h.lastVia >= 0 && keep(h, h.lastVia) ? h.lastVia : -1;
-  const lastForwarded = o.forwarded && h.lastForwarded >= 0 && keep(h, h.lastForwarded) ? h.lastForwarded : -1;
+  const lastForwarded = trusted && o.forwarded && h.lastForwarded >= 0 && keep(h, h.lastForwarded) ? h.lastForwarded : -1;
+  // An untrusted peer's forwarding claims go: every X-Forwarded-For line, and Forwarded where we write our own.
+  const forged = trusted ? -1 : K_X_FORWARDED_FOR;
+  const forgedForwarded = trusted || !o.forwarded ? -1 : K_FORWARDED;
   // The client's request-id lines are dropped; the first one's value is sent on when it is sane, else a new id.
   const rid = o.requestId ?? null;
   let clientId = -1;
@@ -71,7 +80,7 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
       if (clientId === -1) clientId = saneId(buf, L[i * 5 + 2], L[i * 5 + 3]) ? i : -2;
       continue;
     }
-    if (keep(h, i)) size += L[i * 5 + 4] - L[i * 5];
+    if (keep(h, i) && h.kinds[i] !== forged && h.kinds[i] !== forgedForwarded) size += L[i * 5 + 4] - L[i * 5];
   }
   if (rid !== null) size += rid.line.length + (clientId >= 0 ? L[clientId * 5 + 3] - L[clientId * 5 + 2] : REQUEST_ID_LENGTH) + 2;
   size += lastXff >= 0 ? 2 + o.clientAddress.length : 17 + o.clientAddress.length + 2;
@@ -108,7 +117,7 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   for (let i = 0; i < h.count; i++) {
     const ls = L[i * 5];
     const le = L[i * 5 + 4];
-    const kept = keep(h, i) && (rid === null || !isRequestId(h, i, rid.lower));
+    const kept = keep(h, i) && h.kinds[i] !== forged && h.kinds[i] !== forgedForwarded && (rid === null || !isRequestId(h, i, rid.lower));
     const append = i === lastXff || i === lastVia || i === lastForwarded;
     if (!kept || append) {
       if (run >= 0) { p += buf.copy(out, p, run, runEnd); run = -1; }

@@ -6,6 +6,7 @@
 // the process's main thread; the others run the same code in worker threads
 // (workers/loop.ts).
 import type { AddressInfo } from 'node:net';
+import type { Server as TlsServer } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Piscina } from 'piscina';
 import { Acceptor } from './accept.ts';
@@ -13,7 +14,7 @@ import { Affinity, type BatchRunner } from './affinity.ts';
 import { BackendSet, type SlottedBackend } from './backends.ts';
 import { createBalancer } from './balance.ts';
 import type { AffinityAnswer, AffinityBatch, ResolverSettings } from './batch.ts';
-import { ConfigError, type Config } from './config.ts';
+import { ConfigError, trustList, type Config } from './config.ts';
 import type { ProxyContext } from './context.ts';
 import { SessionCookieNames } from './cookies.ts';
 import { Deadlines } from './deadlines.ts';
@@ -27,6 +28,7 @@ import { SharedState, type SharedMemory } from './shared.ts';
 import { LoopStats, ResolverStats } from './stats.ts';
 import { EmbeddedStore } from './store/embedded.ts';
 import { MemcachedStore } from './store/memcached.ts';
+import type { UpstreamOptions } from './upstream.ts';
 
 const WORKER = new URL('../workers/affinity.ts', import.meta.url);
 
@@ -50,6 +52,28 @@ export interface LoopSettings {
   embedded: SharedArrayBuffer | null;
   /** The memcached stores' outage counters (store/outage.ts), which the main thread's store watch reports. */
   outageCounters: SharedArrayBuffer | null;
+}
+
+/** What a SIGHUP changes in a running loop (src/cli.ts says which flags reload); it crosses to worker threads by structured clone. */
+export type LoopReload = Pick<Config,
+  | 'logLevel' | 'sessionCookies' | 'cookiePickLast' | 'retries' | 'adopt' | 'forwarded' | 'rewriteHost' | 'trustedProxies'
+  | 'clientHeaderTimeoutMs' | 'clientIdleTimeoutMs' | 'clientBodyTimeoutMs'
+  | 'upstreamConnectTimeoutMs' | 'upstreamHeaderTimeoutMs' | 'upstreamBodyTimeoutMs' | 'upstreamIdleTimeoutMs' | 'queueMax' | 'queueTimeoutMs'
+> & {
+  /** The certificate and key for new TLS connections; null: unchanged. */
+  tls: Config['tls'];
+};
+
+/** The reloadable part of `c`; `tls` only when its certificate or key changed. */
+export function loopReload(c: Config, tlsChanged: boolean): LoopReload {
+  return {
+    logLevel: c.logLevel, sessionCookies: c.sessionCookies, cookiePickLast: c.cookiePickLast, retries: c.retries, adopt: c.adopt,
+    forwarded: c.forwarded, rewriteHost: c.rewriteHost, trustedProxies: c.trustedProxies,
+    clientHeaderTimeoutMs: c.clientHeaderTimeoutMs, clientIdleTimeoutMs: c.clientIdleTimeoutMs, clientBodyTimeoutMs: c.clientBodyTimeoutMs,
+    upstreamConnectTimeoutMs: c.upstreamConnectTimeoutMs, upstreamHeaderTimeoutMs: c.upstreamHeaderTimeoutMs, upstreamBodyTimeoutMs: c.upstreamBodyTimeoutMs,
+    upstreamIdleTimeoutMs: c.upstreamIdleTimeoutMs, queueMax: c.queueMax, queueTimeoutMs: c.queueTimeoutMs,
+    tls: tlsChanged ? c.tls : null,
+  };
 }
 
 class PoolRunner implements BatchRunner {
@@ -120,6 +144,8 @@ export class Loop {
   readonly resolverStats: ResolverStats;
   readonly deadlines: Deadlines;
   readonly storeDescription: string;
+  /** Every backend pool's options, one object: a reload changes its timeouts in place. */
+  readonly #upstream: UpstreamOptions;
   /** --access-log's writer, or null. */
   readonly accessLog: AccessLog | null;
 
@@ -136,7 +162,7 @@ export class Loop {
     // The coarsest resolution that still honours the shortest timeout closely.
     const shortest = Math.min(config.clientHeaderTimeoutMs, config.upstreamHeaderTimeoutMs, config.upstreamConnectTimeoutMs, config.queueTimeoutMs);
     this.deadlines = new Deadlines(Math.max(10, Math.min(250, Math.floor(shortest / 4))));
-    this.backends = new BackendSet(slotted(s.backends), {
+    this.#upstream = {
       // The cap is the process's: each loop gets its share.
       connections: Math.max(1, Math.ceil(config.upstreamConnections / s.loops)),
       connectTimeoutMs: config.upstreamConnectTimeoutMs,
@@ -144,7 +170,8 @@ export class Loop {
       queueMax: config.queueMax,
       queueTimeoutMs: config.queueTimeoutMs,
       ca: config.backendCaPem,
-    }, this.deadlines, this.state);
+    };
+    this.backends = new BackendSet(slotted(s.backends), this.#upstream, this.deadlines, this.state);
     const near = s.near === null || affinityOff
       ? null
       : new NearCache(s.near, config.nearCacheEntries, config.nearCacheTtlMs, config.defaultTtl * 1000, this.backends);
@@ -182,6 +209,8 @@ export class Loop {
       proto: config.tls === null ? 'http' : 'https',
       forwarded: config.forwarded,
       rewriteHost: config.rewriteHost,
+      acceptProxy: config.acceptProxy,
+      trusted: trustList(config.trustedProxies),
       monitorUri: config.monitorUri === null ? null : Buffer.from(config.monitorUri, 'latin1'),
       limits: { maxHeadBytes: config.maxHeadBytes, maxHeaders: config.maxHeaders, maxUrlBytes: config.maxUrlBytes },
       deadlines: this.deadlines,
@@ -242,6 +271,34 @@ export class Loop {
   applyBackends(backends: LoopSettings['backends']): void {
     const { added } = this.backends.apply(slotted(backends));
     if (this.index === 0) for (const b of added) this.health.watch(b);
+  }
+
+  /**
+   * A SIGHUP's settings: they hold for what starts from now on (a request's
+   * next timeout, a new connection's certificate and trust); what is already
+   * counting keeps its deadline.
+   */
+  reload(r: LoopReload): void {
+    const ctx = this.ctx;
+    this.log.level = r.logLevel;
+    // Affinity itself is not switched on or off here (--no-affinity waits for a restart).
+    if (ctx.names.names.length > 0 && r.sessionCookies.length > 0) ctx.names = new SessionCookieNames(r.sessionCookies, r.cookiePickLast);
+    ctx.retries = r.retries;
+    ctx.adopt = r.adopt;
+    ctx.forwarded = r.forwarded;
+    ctx.rewriteHost = r.rewriteHost;
+    ctx.trusted = trustList(r.trustedProxies);
+    ctx.clientHeaderTimeoutMs = r.clientHeaderTimeoutMs;
+    ctx.clientIdleTimeoutMs = r.clientIdleTimeoutMs;
+    ctx.clientBodyTimeoutMs = r.clientBodyTimeoutMs;
+    ctx.upstreamHeaderTimeoutMs = r.upstreamHeaderTimeoutMs;
+    ctx.upstreamBodyTimeoutMs = r.upstreamBodyTimeoutMs;
+    const u = this.#upstream;
+    u.connectTimeoutMs = r.upstreamConnectTimeoutMs;
+    u.idleTimeoutMs = r.upstreamIdleTimeoutMs;
+    u.queueMax = r.queueMax;
+    u.queueTimeoutMs = r.queueTimeoutMs;
+    if (r.tls !== null) (this.acceptor.listener as TlsServer).setSecureContext({ cert: r.tls.cert, key: r.tls.key });
   }
 
   /** SIGUSR1: the access log file is opened again at its path (logrotate moved the old one away). */

@@ -9,7 +9,7 @@ import type { Server } from 'node:http';
 import { Worker } from 'node:worker_threads';
 import { ConfigError, type BackendConfig, type Config } from './config.ts';
 import type { Logger } from './log.ts';
-import { Loop, type LoopSettings } from './loop.ts';
+import { Loop, type LoopReload, type LoopSettings } from './loop.ts';
 import type { AffinityReadiness } from './admin.ts';
 import { processRegistry, scrape, storeServerMetrics, type MetricJson } from './metrics.ts';
 import { nearCacheBytes } from './near-cache.ts';
@@ -26,6 +26,7 @@ const SCRAPE_WAIT_MS = 1000;
 /** Messages the main thread sends a loop thread, and what a loop thread answers. */
 export type ToLoop =
   | { type: 'backends'; backends: LoopSettings['backends'] }
+  | { type: 'reload'; settings: LoopReload }
   | { type: 'metrics'; id: number }
   | { type: 'close'; timeoutMs: number; graceMs: number }
   | { type: 'terminate-worker' }
@@ -214,6 +215,16 @@ export class StickyProxy {
     this.loop.applyBackends(list);
     for (const t of this.threads) t.send({ type: 'backends', backends: list });
     this.log.info({ added, removed, reweighted }, 'backends reloaded');
+  }
+
+  /** Applies a SIGHUP's reloadable settings in every loop; a loop restarted later starts with them too. */
+  applySettings(r: LoopReload): void {
+    this.log.level = r.logLevel;
+    const { tls, ...rest } = r;
+    Object.assign(this.#settings.config, rest);
+    if (tls !== null) this.#settings.config.tls = tls;
+    this.loop.reload(r);
+    for (const t of this.threads) t.send({ type: 'reload', settings: r });
   }
 
   /** SIGUSR1: every loop opens its access log file again (logrotate). */

@@ -24,13 +24,11 @@ const FAILED: unique symbol = Symbol('store failed');
 
 export class Resolver {
   readonly store: AffinityStore;
-  readonly #names: readonly string[];
   readonly #rules: TtlRules;
   readonly #s: ResolverStats;
 
   constructor(settings: ResolverSettings, stats: ResolverStats, store: AffinityStore = openStore(settings)) {
     this.store = store;
-    this.#names = settings.sessionCookies;
     this.#rules = { defaultTtl: settings.defaultTtl, maxTtl: settings.maxTtl };
     this.#s = stats;
   }
@@ -116,7 +114,8 @@ export class Resolver {
     // When one name is set by several Set-Cookie headers, the last one counts.
     const last = new Map<string, SessionCookie>();
     for (const value of batch.learnSetCookies[j]) {
-      const sc = sessionSetCookie(value, this.#names, this.#rules, now);
+      // The loop sent only values that set one of its session cookies, by the names it has now (SIGHUP may change them).
+      const sc = sessionSetCookie(value, null, this.#rules, now);
       if (sc !== null) last.set(sc.name, sc);
     }
     for (const sc of last.values()) {

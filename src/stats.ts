@@ -83,6 +83,8 @@ export class LoopStats {
   readonly clientErrors = new Float64Array(600);
   clientAborts = 0;
   connectionsRefused = 0;
+  /** Connections closed for a missing, malformed or late PROXY header (--accept-proxy). */
+  proxyProtocolErrors = 0;
   readonly batchSize = new Histogram([1, 2, 4, 8, 16, 32, 64, 128, 256, 512]);
   /** For answers of the proxy itself (backend "none"). */
   readonly none = new BackendStats();

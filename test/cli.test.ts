@@ -110,7 +110,7 @@ test('SIGHUP applies the flags the table marks reloadable and names those that w
       throw new Error(`no "${msg}" log line in: ${p.output.join('\n')}`);
     };
     assert.deepEqual((await log('SIGHUP: applied')).flags, ['--backend']);
-    assert.deepEqual((await log('SIGHUP: these settings take effect at the next restart')).flags, ['--key-prefix', '--upstream-connections']);
+    assert.deepEqual((await log('SIGHUP: changed, but these need a restart; not applied')).flags, ['--key-prefix', '--upstream-connections']);
   } finally {
     await p.stop();
   }

@@ -27,6 +27,9 @@ port.on('message', (m: ToLoop) => {
     case 'backends':
       loop.applyBackends(m.backends);
       break;
+    case 'reload':
+      loop.reload(m.settings);
+      break;
     case 'metrics':
       send({ type: 'metrics', id: m.id, parts: loop.metricParts() });
       break;
