@@ -126,25 +126,24 @@ export function pin(pids: number[], cpus: string): void {
   for (const pid of pids) execFileSync(which('taskset') ?? 'taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
 }
 
-/** Resident memory now (VmRSS), summed over `pids`, in MiB. */
-export function rssMiB(pids: number[]): number {
+/** A /proc/PID/status memory field (kB), summed over `pids`, in MiB. */
+function statusMiB(pids: number[], field: 'VmRSS' | 'VmHWM'): number {
   let kb = 0;
   for (const pid of pids) {
     try {
-      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
+      const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
       if (m) kb += Number(m[1]);
     } catch { /* exited */ }
   }
   return kb / 1024;
 }
 
+/** Resident memory now, summed over `pids`, in MiB. */
+export function rssMiB(pids: number[]): number {
+  return statusMiB(pids, 'VmRSS');
+}
+
+/** Peak resident memory over each process's life, summed, in MiB. */
 export function peakRssMiB(pids: number[]): number {
-  let kb = 0;
-  for (const pid of pids) {
-    try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
-      if (m) kb += Number(m[1]);
-    } catch { /* exited */ }
-  }
-  return kb / 1024;
+  return statusMiB(pids, 'VmHWM');
 }
