@@ -69,7 +69,8 @@ export class ClientConnection implements Timed {
   /** performance.now() when the connection last became idle (a restart closes those idle long enough). */
   idleSince: number;
 
-  constructor(socket: Socket, ctx: ProxyContext) {
+  /** `proxied`: with TLS, the PROXY header was read before the handshake (src/accept.ts); its address, '' for none. */
+  constructor(socket: Socket, ctx: ProxyContext, proxied: string | null = null) {
     this.ctx = ctx;
     this.socket = socket as OwnedSocket;
     this.socket.owner = this;
@@ -82,7 +83,10 @@ export class ClientConnection implements Timed {
     socket.on('error', onError);
     socket.on('drain', onDrain);
     // The PROXY header must come first, within the header timeout; without --accept-proxy this is one test per connection.
-    if (ctx.acceptProxy) this.#state = PREAMBLE;
+    if (ctx.acceptProxy) {
+      if (proxied === null) this.#state = PREAMBLE;
+      else if (proxied !== '') this.#address = proxied;
+    }
     ctx.clients.add(this);
     ctx.deadlines.add(this);
     ctx.state.connections(1);

@@ -239,8 +239,6 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
   const certFile = v['tls-cert'];
   const keyFile = v['tls-key'];
   if ((certFile === null) !== (keyFile === null)) throw new ConfigError(certFile === null ? '--tls-key' : '--tls-cert', 'needs --tls-cert and --tls-key together');
-  // The PROXY header comes before the TLS handshake, which this listener does not read past yet.
-  if (v['accept-proxy'] && certFile !== null) throw new ConfigError('--accept-proxy', 'cannot be combined with --tls-cert yet: the PROXY header comes before the TLS handshake');
   const listen: HostPort = v.listen;
 
   return {

@@ -298,7 +298,7 @@ export const FLAGS = {
   }),
   'accept-proxy': sw({
     section: 'Clients',
-    help: 'every connection to `--listen` begins with a PROXY protocol header, version 1 or 2 (as HAProxy\'s `accept-proxy`), from an L4 balancer: its address becomes the client\'s. A connection without a valid header is closed (see [Security](#security))',
+    help: 'every connection to `--listen` begins with a PROXY protocol header, version 1 or 2 (as HAProxy\'s `accept-proxy`), from an L4 balancer: its address becomes the client\'s. With `--tls-cert` it comes in clear, before the TLS handshake. A connection without a valid header is closed (see [Security](#security))',
   }),
   'trusted-proxy': many(cidr(), {
     section: 'Clients', default: [], shownDefault: 'none', reload: true,

@@ -6,7 +6,6 @@
 // the process's main thread; the others run the same code in worker threads
 // (workers/loop.ts).
 import type { AddressInfo } from 'node:net';
-import type { Server as TlsServer } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Piscina } from 'piscina';
 import { Acceptor } from './accept.ts';
@@ -298,7 +297,7 @@ export class Loop {
     u.idleTimeoutMs = r.upstreamIdleTimeoutMs;
     u.queueMax = r.queueMax;
     u.queueTimeoutMs = r.queueTimeoutMs;
-    if (r.tls !== null) (this.acceptor.listener as TlsServer).setSecureContext({ cert: r.tls.cert, key: r.tls.key });
+    if (r.tls !== null) this.acceptor.setCertificate(r.tls);
   }
 
   /** SIGUSR1: the access log file is opened again at its path (logrotate moved the old one away). */

@@ -1,10 +1,16 @@
-// PROXY protocol v1 and v2 on the listener (--accept-proxy) and trusted
-// proxies (--trusted-proxy): the parser on its own, table-driven, then the
-// real proxy on raw sockets, with an origin that says which X-Forwarded-For
-// it was sent.
+// PROXY protocol v1 and v2 on the listener (--accept-proxy), also in front
+// of TLS (--tls-cert), and trusted proxies (--trusted-proxy): the parser on
+// its own, table-driven, then the real proxy on raw sockets, with an origin
+// that says which X-Forwarded-For it was sent.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Duplex } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -216,7 +222,7 @@ test('--trusted-proxy: a trusted peer\'s X-Forwarded-For is kept and appended to
   }
 });
 
-test('--trusted-proxy without --accept-proxy trusts the socket\'s peer; a bad one, or --accept-proxy with TLS, is refused at start', T, async () => {
+test('--trusted-proxy without --accept-proxy trusts the socket\'s peer; a bad one is refused at start', T, async () => {
   const p = await startProxy(['--backend', `o=${originUrl}`, '--trusted-proxy', '127.0.0.0/8']);
   try {
     const lines = seen(await exchange(p, ['GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n']));
@@ -229,7 +235,146 @@ test('--trusted-proxy without --accept-proxy trusts the socket\'s peer; a bad on
     assert.equal(r.code, 2, bad);
     assert.equal(r.stderr, `sticky-proxy: --trusted-proxy: expected an IPv4 or IPv6 address or CIDR block (10.0.0.0/8, 2001:db8::/32), got "${bad}"\n`);
   }
-  const tls = await runCli(['--backend', `o=${originUrl}`, '--accept-proxy', '--tls-cert', 'c.pem', '--tls-key', 'k.pem', '--check']);
-  assert.equal(tls.code, 2);
-  assert.equal(tls.stderr, 'sticky-proxy: --accept-proxy: cannot be combined with --tls-cert yet: the PROXY header comes before the TLS handshake\n');
+});
+
+// --- in front of TLS ----------------------------------------------------------------
+
+const dir = mkdtempSync(join(tmpdir(), 'sticky-pp-tls-'));
+const f = (name: string): string => join(dir, name);
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A self-signed certificate named `cn`, written to `<file>.pem` and `<file>.key`. */
+function certificate(cn: string, file: string): void {
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${cn}`, '-keyout', f(`${file}.key`), '-out', f(`${file}.pem`)], { stdio: 'ignore' });
+}
+
+/**
+ * A TLS client behind a balancer: `header` in clear on the TCP connection,
+ * then the handshake and REQUEST. `together`: the header and the ClientHello
+ * leave in one write (one TCP segment), so the proxy reads the start of the
+ * handshake with the header; otherwise the header goes alone first.
+ * `halfClose`: the client ends its side after the request. Collects
+ * the decrypted answer until the proxy closes; `cn` is the certificate's CN.
+ */
+async function tlsExchange(p: ProxyProcess, header: string | Buffer, together: boolean, halfClose = false): Promise<{ answer: string; cn: string }> {
+  const raw = connect(Number(new URL(p.url).port), '127.0.0.1');
+  raw.setNoDelay(true);
+  raw.on('error', () => {});
+  await new Promise<void>((resolve) => raw.once('connect', () => resolve()));
+  let carrier: Socket | Duplex = raw;
+  if (together) {
+    // The TLS client writes through this stream, whose first write carries the header in front.
+    let first: Buffer | null = Buffer.from(header);
+    const d = new Duplex({
+      write(chunk: Buffer, _enc, done) {
+        const out = first === null ? chunk : Buffer.concat([first, chunk]);
+        first = null;
+        raw.write(out, done);
+      },
+      final(done) { raw.end(); done(); },
+      read() {},
+    });
+    raw.on('data', (b: Buffer) => d.push(b));
+    raw.on('end', () => d.push(null));
+    raw.on('close', () => d.destroy());
+    carrier = d;
+  } else {
+    await new Promise<void>((resolve) => raw.write(header, () => resolve()));
+    // Pacing, so the handshake leaves in a later TCP segment (not a wait for a condition).
+    await sleep(20);
+  }
+  const secure = tlsConnect({ socket: carrier as Duplex, rejectUnauthorized: false, servername: 'localhost' });
+  let answer = '';
+  let cn = '';
+  const timer = setTimeout(() => secure.destroy(new Error('the proxy did not close the connection within 10 s')), 10_000);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', () => {
+        cn = String(secure.getPeerCertificate().subject?.CN ?? '');
+        if (halfClose) secure.end(REQUEST);
+        else secure.write(REQUEST);
+      });
+      secure.on('data', (b: Buffer) => { answer += b.toString('latin1'); });
+      secure.once('error', reject);
+      secure.once('close', () => resolve());
+    });
+  } finally {
+    clearTimeout(timer);
+    raw.destroy();
+  }
+  return { answer, cn };
+}
+
+test('--accept-proxy with --tls-cert: the header comes in clear before the handshake, and its address is the client\'s', T, async () => {
+  certificate('pp-one', 'front');
+  const p = await startProxy(['--backend', `o=${originUrl}`, '--accept-proxy', '--tls-cert', f('front.pem'), '--tls-key', f('front.key'),
+    '--threads', '2', '--access-log', '--admin', '127.0.0.1:0']);
+  try {
+    for (const together of [false, true]) {
+      const how = together ? 'with the ClientHello' : 'alone';
+      for (let i = 0; i < 4; i++) {
+        const r = await tlsExchange(p, `PROXY TCP4 192.0.2.${i + 1} 10.0.0.1 40000 443\r\n`, together);
+        assert.equal(r.cn, 'pp-one', how);
+        assert.deepEqual(seen(r.answer), [`x-forwarded-for: 192.0.2.${i + 1}`], how);
+      }
+      assert.deepEqual(seen((await tlsExchange(p, `PROXY TCP6 2001:db8:0::7 ::1 40000 443\r\n`, together)).answer), ['x-forwarded-for: 2001:db8::7'], how);
+      assert.deepEqual(seen((await tlsExchange(p, v2(1, 0x11, IPV4_BLOCK, TLVS), together)).answer), ['x-forwarded-for: 203.0.113.7'], how);
+      assert.deepEqual(seen((await tlsExchange(p, v2(1, 0x21, IPV6_BLOCK), together)).answer), ['x-forwarded-for: 2001:db8::42'], how);
+      // LOCAL keeps the socket's address.
+      assert.deepEqual(seen((await tlsExchange(p, v2(0, 0x00, []), together)).answer), ['x-forwarded-for: 127.0.0.1'], how);
+    }
+    await waitForLine(p.output, (l) => l.includes('"access":true') && l.includes('"client":"2001:db8::42"'), { what: 'the access log naming the PROXY header\'s client' });
+    assert.equal(await protocolErrors(p), 0);
+    // A client that shuts down its side after the request still gets the answer.
+    assert.deepEqual(seen((await tlsExchange(p, 'PROXY TCP4 192.0.2.9 10.0.0.1 40000 443\r\n', true, true)).answer), ['x-forwarded-for: 192.0.2.9']);
+
+    // SIGHUP: a certificate renewed in place serves the connections made from then on.
+    certificate('pp-two', 'front');
+    process.kill(p.pid, 'SIGHUP');
+    await waitForLine(p.output, (l) => l.includes('"msg":"SIGHUP: applied"') && l.includes('--tls-cert'), { what: 'the certificate reloaded' });
+    for (let i = 0; i < 4; i++) {
+      const r = await tlsExchange(p, v2(1, 0x11, IPV4_BLOCK), i % 2 === 0);
+      assert.equal(r.cn, 'pp-two');
+      assert.deepEqual(seen(r.answer), ['x-forwarded-for: 203.0.113.7']);
+    }
+    // --check takes the combination.
+    const check = await runCli(['--backend', `o=${originUrl}`, '--accept-proxy', '--tls-cert', f('front.pem'), '--tls-key', f('front.key'), '--check']);
+    assert.equal(check.code, 0, check.stderr);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('--accept-proxy with --tls-cert: TLS without a header, a late header, or garbage after one is closed; the proxy goes on', T, async () => {
+  certificate('pp-bad', 'bad');
+  const p = await startProxy(['--backend', `o=${originUrl}`, '--accept-proxy', '--tls-cert', f('bad.pem'), '--tls-key', f('bad.key'),
+    '--threads', '2', '--admin', '127.0.0.1:0', '--client-header-timeout', '300']);
+  try {
+    // A TLS client straight to the proxy: its ClientHello is not a PROXY header.
+    const direct = tlsConnect({ port: Number(new URL(p.url).port), host: '127.0.0.1', rejectUnauthorized: false, servername: 'localhost' });
+    const failed = await new Promise<Error | null>((resolve) => {
+      direct.once('secureConnect', () => resolve(null));
+      direct.once('error', resolve);
+    });
+    direct.destroy();
+    assert.ok(failed !== null, 'the handshake without a PROXY header fails');
+    assert.equal(await exchange(p, ['PROXY TCP4 192.0.2.300 10.0.0.1 1 2\r\n']), '', 'a bad address');
+    assert.equal(await exchange(p, ['PROXY TCP4 192.0.2.1']), '', 'cut at the header timeout');
+    await waitFor(async () => (await protocolErrors(p)) === 3, { what: 'three PROXY protocol errors counted' });
+    assert.ok(p.output.some((l) => l.includes('PROXY protocol error') && l.includes('no PROXY header')));
+    assert.ok(p.output.some((l) => l.includes('PROXY protocol error') && l.includes('PROXY header timeout')));
+
+    // A valid header, then not TLS: plain HTTP, or bytes of nothing; each closed, with at most a TLS alert.
+    const unanswered = (answer: string, what: string): void => assert.ok(answer === '' || answer.startsWith('\x15\x03'), `${what}: ${JSON.stringify(answer)}`);
+    unanswered(await exchange(p, [`PROXY TCP4 192.0.2.1 10.0.0.1 40000 443\r\n${REQUEST}`]), 'plain HTTP after the header');
+    unanswered(await exchange(p, ['PROXY TCP4 192.0.2.1 10.0.0.1 40000 443\r\n', Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3])], 20), 'a broken ClientHello');
+    unanswered(await exchange(p, [Buffer.concat([v2(1, 0x11, IPV4_BLOCK), Buffer.alloc(64, 0xab)])]), 'garbage after a v2 header');
+    // A header, then silence: the handshake is held to the header timeout too.
+    assert.equal(await exchange(p, ['PROXY TCP4 192.0.2.1 10.0.0.1 40000 443\r\n']), '', 'no handshake after the header');
+    // Still serving, and none of that was a PROXY protocol error.
+    assert.deepEqual(seen((await tlsExchange(p, 'PROXY TCP4 198.51.100.9 10.0.0.1 40000 443\r\n', true)).answer), ['x-forwarded-for: 198.51.100.9']);
+    assert.equal(await protocolErrors(p), 3);
+  } finally {
+    await p.stop();
+  }
 });
