@@ -6,6 +6,7 @@
 // --upstream-idle-timeout, below a backend's own keep-alive timeout.
 import { connect as netConnect, type Socket } from 'node:net';
 import type { Deadlines, Timed } from './deadlines.ts';
+import { afterRead, readBuffer } from './read-regions.ts';
 import { Histogram, QUEUE_BUCKETS } from './stats.ts';
 
 export interface UpstreamOptions {
@@ -75,7 +76,8 @@ export class UpstreamConnection implements Timed {
     this.socket.owner = this;
     socket.setNoDelay(true);
     socket.on(pool.tls ? 'secureConnect' : 'connect', onConnect);
-    socket.on('data', onData);
+    // A plain socket reads through `onread` (read-regions.ts); a TLS socket's reads are its decryptions.
+    if (pool.tls) socket.on('data', onData);
     socket.on('end', onEnd);
     socket.on('error', onError);
     socket.on('close', onClose);
@@ -157,6 +159,19 @@ function onData(this: OwnedSocket, chunk: Buffer): void {
   if (c.user !== null) c.user.upstreamData(chunk);
   else this.destroy(); // bytes nobody asked for: the connection is not sound
 }
+
+/** A plain socket's read: buf[0, nread) is the data, a view that stays valid. */
+function onRead(this: OwnedSocket, nread: number, buf: Uint8Array): boolean {
+  const region = buf as Buffer;
+  try {
+    onData.call(this, nread === region.length ? region : region.subarray(0, nread));
+  } finally {
+    afterRead(nread, region);
+  }
+  return true;
+}
+
+const READ_INTO = { buffer: readBuffer, callback: onRead };
 
 function onEnd(this: OwnedSocket): void {
   const c = this.owner;
@@ -339,7 +354,7 @@ export class UpstreamPool implements Timed {
     const socket = this.tls
       // node:tls is loaded only for https:// backends.
       ? process.getBuiltinModule('node:tls').connect({ host: this.host, port: this.port, servername: this.servername, ca: this.opts.ca ?? undefined, ALPNProtocols: ['http/1.1'] })
-      : netConnect({ host: this.host, port: this.port });
+      : netConnect({ host: this.host, port: this.port, onread: READ_INTO });
     const conn = new UpstreamConnection(this, socket, opener, performance.now());
     this.#deadlines.add(conn);
   }
