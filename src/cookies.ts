@@ -20,11 +20,32 @@ export class SessionCookieNames {
   /** When a request carries one name twice: false, the first counts (PHP, Express, servlets); true, the last (Django). */
   readonly pickLast: boolean;
 
+  // Per name, "<name>:" followed by room for an id: a key is made with one copy
+  // and one decode, a flat string (a template literal makes a cons string, which
+  // every later hash and comparison of the key pays to walk).
+  readonly #keyBufs: Buffer[];
+
   constructor(names: readonly string[], pickLast = false) {
     this.names = names;
     this.bytes = names.map((n) => Buffer.from(n, 'latin1'));
     this.pickLast = pickLast;
+    this.#keyBufs = names.map((n) => keyBuffer(n, 64));
   }
+
+  /** sessionKey(names[n], id) for the id buf[s, e), as latin1. */
+  key(n: number, buf: Buffer, s: number, e: number): string {
+    const p = this.bytes[n].length + 1;
+    let kb = this.#keyBufs[n];
+    if (kb.length < p + e - s) kb = this.#keyBufs[n] = keyBuffer(this.names[n], e - s);
+    buf.copy(kb, p, s, e);
+    return kb.toString('latin1', 0, p + e - s);
+  }
+}
+
+function keyBuffer(name: string, idBytes: number): Buffer {
+  const b = Buffer.allocUnsafe(name.length + 1 + idBytes);
+  b.write(`${name}:`, 'latin1');
+  return b;
 }
 
 // Per scan, the id range found for each configured name; reused across scans.
@@ -79,7 +100,7 @@ export function sessionKeys(buf: Buffer, starts: ArrayLike<number>, ends: ArrayL
   let keys = '';
   for (let n = 0; n < count; n++) {
     if (found[n * 2] < 0) continue;
-    const key = sessionKey(names.names[n], buf.toString('latin1', found[n * 2], found[n * 2 + 1]));
+    const key = names.key(n, buf, found[n * 2], found[n * 2 + 1]);
     keys = keys === '' ? key : `${keys}\n${key}`;
   }
   return keys;
