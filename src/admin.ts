@@ -21,6 +21,8 @@ export interface AdminDeps {
   log: Logger;
   /** The bearer token every endpoint but /healthz and /readyz needs; null: none. */
   token: string | null;
+  /** Names the API may be reached by besides IP addresses and localhost (--admin-host), lower-cased. */
+  hosts: readonly string[];
 }
 
 /** `degraded` while a memcached server is down: affinity is partial, the proxy still serves. */
@@ -95,6 +97,19 @@ function notCrossSite(req: IncomingMessage): boolean {
   return (h['content-type'] ?? '').split(';')[0].trim().toLowerCase() === 'application/json';
 }
 
+/**
+ * DNS rebinding: a page from evil.example re-resolves its own name to
+ * 127.0.0.1 and is then same-origin with the admin API, so the cross-site rule
+ * cannot stop it; but its requests still say `Host: evil.example`. An IP
+ * address or localhost cannot be rebound; other names must be listed.
+ */
+function knownHost(req: IncomingMessage, hosts: readonly string[]): boolean {
+  const h = (req.headers.host ?? '').toLowerCase();
+  const name = h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.replace(/:\d*$/, '');
+  if (name === '' || name === 'localhost' || name.startsWith('[') || /^[0-9.]+$/.test(name)) return true;
+  return hosts.includes(name.endsWith('.') ? name.slice(0, -1) : name);
+}
+
 /** The request body as text, up to `limit` bytes (413 beyond). */
 function readBody(req: IncomingMessage, limit: number): Promise<string> {
   if (Number(req.headers['content-length'] ?? 0) > limit) return Promise.reject(new HttpError(413, `body over ${limit} bytes`));
@@ -147,7 +162,11 @@ export function createAdmin(deps: AdminDeps): Server {
       const ready = deps.listening() && deps.backends.list.some((b) => b.up);
       return send(res, ready ? 200 : 503, { ready, ...deps.affinity() });
     }
-    if (authorized !== null && !authorized(req)) {
+    const bearer = authorized !== null && authorized(req);
+    if (!bearer && !knownHost(req, deps.hosts)) {
+      throw new HttpError(421, `Host ${JSON.stringify(req.headers.host)} is not an address, localhost or an --admin-host name`);
+    }
+    if (authorized !== null && !bearer) {
       const error = req.headers.authorization === undefined ? '' : ', error="invalid_token"';
       throw new HttpError(401, 'needs Authorization: Bearer TOKEN (--admin-token)', { 'www-authenticate': `Bearer realm="sticky-proxy admin"${error}` });
     }

@@ -82,6 +82,8 @@ export interface Config {
   admin: { host: string; port: number } | null;
   /** The bearer token the admin API asks for (--admin-token, or read from --admin-token-file), or null. */
   adminToken: string | null;
+  /** Host names the admin API answers to besides IP addresses and localhost (--admin-host), lower-cased. */
+  adminHosts: string[];
   /** The request-target the proxy answers itself on --listen (--monitor-uri), or null. */
   monitorUri: string | null;
   /** The access log: null off, '' stdout, else the file it is appended to (reopened on SIGUSR1). */
@@ -293,6 +295,7 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     trustedProxies: v['trusted-proxy'],
     admin: v.admin,
     adminToken: adminToken(v),
+    adminHosts: v['admin-host'].map((h) => h.toLowerCase()),
     monitorUri: v['monitor-uri'],
     accessLog: accessLog(v['access-log']),
     requestIdHeader: v['request-id-header'] === '' ? null : v['request-id-header'],

@@ -322,6 +322,10 @@ export const FLAGS = {
     section: 'Operations', shownDefault: 'off',
     help: 'the admin API: a status page at `/`, `/metrics`, `/healthz`, `/readyz`, `/backends`, and `POST /backends/NAME/drain|disable|enable|weight` (see [Admin API](#admin-api))',
   }),
+  'admin-host': many(text('NAME', /^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/, 'a DNS name'), {
+    section: 'Operations', default: [], shownDefault: 'none',
+    help: 'a name the admin API may be reached by besides an IP address and `localhost`: a request whose `Host` names anything else gets a 421 unless it carries the `--admin-token`, so a web page cannot reach the admin API through DNS rebinding',
+  }),
   'admin-token': opt(bearerToken(), {
     section: 'Operations', shownDefault: 'none',
     help: 'every admin endpoint but `/healthz` and `/readyz` needs `Authorization: Bearer TOKEN`; prefer `--admin-token-file`, which keeps it out of the process list',

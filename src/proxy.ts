@@ -133,6 +133,7 @@ export class StickyProxy {
         affinity: () => proxy.#affinityReadiness(),
         log,
         token: config.adminToken,
+        hosts: config.adminHosts,
       });
       await listen('--admin', proxy.admin, config.admin.port, config.admin.host);
     }

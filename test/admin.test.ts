@@ -105,10 +105,10 @@ after(async () => {
 
 test('a malformed percent-encoding in a backend name is a 400, and the proxy goes on', T, async () => {
   for (const p of [open, guarded]) {
-    const answer = await raw(port(adminUrl(p)), `POST /backends/%E0%A4%A/drain HTTP/1.1\r\nHost: x\r\nX-Requested-With: t\r\nAuthorization: Bearer ${TOKEN}\r\nConnection: close\r\n\r\n`);
+    const answer = await raw(port(adminUrl(p)), `POST /backends/%E0%A4%A/drain HTTP/1.1\r\nHost: localhost\r\nX-Requested-With: t\r\nAuthorization: Bearer ${TOKEN}\r\nConnection: close\r\n\r\n`);
     assert.match(answer, /^HTTP\/1\.1 400 /, answer);
     assert.match(answer, /malformed percent-encoding/);
-    const undecodable = await raw(port(adminUrl(p)), `POST /backends/%ZZ/weight HTTP/1.1\r\nHost: x\r\nX-Requested-With: t\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{"weight": 2}`);
+    const undecodable = await raw(port(adminUrl(p)), `POST /backends/%ZZ/weight HTTP/1.1\r\nHost: localhost\r\nX-Requested-With: t\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{"weight": 2}`);
     assert.match(undecodable, /^HTTP\/1\.1 400 /, undecodable);
     // Still running, still serving: the admin API and the traffic port.
     assert.equal(p.proc.exitCode, null);
@@ -195,6 +195,35 @@ test('a POST a browser could send cross-site is refused, saying what to send', T
   assert.equal(await state(), 'up');
   // GETs need nothing: they change nothing.
   assert.equal((await call(open, 'GET', '/backends')).status, 200);
+});
+
+test('DNS rebinding: a Host that is not an address, localhost or an --admin-host name gets a 421 unless it shows the token', T, async () => {
+  const url = adminUrl(open);
+  const at = port(url);
+  const json = { 'content-type': 'application/json' };
+  // A page rebound to 127.0.0.1 is same-origin: it can send JSON, but its Host is still its own name.
+  for (const path of ['/backends', '/', '/metrics']) assert.equal((await fresh(`${url}${path}`, { host: `evil.example:${at}` })).status, 421, path);
+  const post = await call(open, 'POST', '/backends/a/drain', { ...json, host: `evil.example:${at}` });
+  assert.equal(post.status, 421);
+  assert.match(post.body, /--admin-host/);
+  assert.equal((JSON.parse((await call(open, 'GET', '/backends')).body) as { state: string }[])[0].state, 'up', 'the refused POST changed nothing');
+  // The probes answer whatever the Host: orchestrators name pods and services freely.
+  assert.equal((await fresh(`${url}/healthz`, { host: 'evil.example' })).status, 200);
+  for (const host of [`localhost:${at}`, `LOCALHOST`, `127.0.0.1:${at}`, `[::1]:${at}`]) assert.equal((await fresh(`${url}/backends`, { host })).status, 200, host);
+  // With the token, the Host does not matter: a rebinding page cannot know it.
+  const g = adminUrl(guarded);
+  assert.equal((await fresh(`${g}/backends`, { host: 'evil.example', ...bearer })).status, 200);
+  assert.equal((await fresh(`${g}/backends`, { host: 'evil.example' })).status, 421);
+  // Names the operator lists are let in, in any case and with a trailing dot.
+  const named = await startProxy([...backendFlags(origins.slice(0, 1)), '--admin', '127.0.0.1:0', '--threads', '1', '--admin-host', 'Admin.Example']);
+  try {
+    const n = adminUrl(named);
+    assert.equal((await fresh(`${n}/backends`, { host: `admin.example:${port(n)}` })).status, 200);
+    assert.equal((await fresh(`${n}/backends`, { host: 'ADMIN.EXAMPLE.' })).status, 200);
+    assert.equal((await fresh(`${n}/backends`, { host: 'other.example' })).status, 421);
+  } finally {
+    await named.stop();
+  }
 });
 
 test('POST /backends/NAME/weight sets the weight every event loop balances by', T, async () => {
