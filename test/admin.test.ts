@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { escapeHtml, lookupsFromMetrics, renderStatusPage } from '../src/status-page.ts';
-import { startOrigin, backendFlags, type Origin } from './helpers/origins.ts';
+import { backendFlags, scripted, startOrigin, type Origin } from './helpers/origins.ts';
 import { ROOT, runCli, startProxy, type ProxyProcess } from './helpers/proxy.ts';
 import { waitForLine } from './helpers/wait.ts';
 
@@ -36,14 +36,7 @@ let open: ProxyProcess;
 // An origin that records what reaches it, names itself, and sets the cookies asked for.
 function app(req: IncomingMessage, res: ServerResponse, origin: Origin): void {
   seen.push(`${origin.name} ${req.url}`);
-  const headers: [string, string][] = [['x-backend', origin.name], ['content-type', 'text/plain']];
-  const asked = req.headers['x-set-cookie'];
-  if (typeof asked === 'string') for (const c of JSON.parse(asked) as string[]) headers.push(['set-cookie', c]);
-  req.resume();
-  req.on('end', () => {
-    res.writeHead(200, headers.flat());
-    res.end(origin.name);
-  });
+  scripted(req, res, origin);
 }
 
 function adminUrl(p: ProxyProcess): string {

@@ -16,7 +16,8 @@ export interface Origin {
 
 export type OriginHandler = (req: IncomingMessage, res: ServerResponse, origin: Origin) => void;
 
-function scripted(req: IncomingMessage, res: ServerResponse, origin: Origin): void {
+/** Names itself in X-Backend and its body, and sets the cookies an X-Set-Cookie header (a JSON list) asks for. */
+export function scripted(req: IncomingMessage, res: ServerResponse, origin: Origin): void {
   const headers: [string, string][] = [['x-backend', origin.name], ['content-type', 'text/plain']];
   const asked = req.headers['x-set-cookie'];
   if (typeof asked === 'string') for (const c of JSON.parse(asked) as string[]) headers.push(['set-cookie', c]);
