@@ -133,7 +133,7 @@ test('memcached frozen with SIGSTOP for 3 s under load: no failed request, none 
       shot: (i) => (isNew(i) ? { headers: { 'x-set-cookie': JSON.stringify([`PHPSESSID=new${i}; Max-Age=600`]) } } : shot(i)),
     });
     await sleep(1000); // the scenario: load with memcached up first
-    m.signal('SIGSTOP');
+    await m.freeze();
     const frozen = Date.now();
     await fallbackAgrees([proxy.url, other.url], 'unseen-f', 20);
     await sleep(Math.max(0, frozen + 3000 - Date.now())); // the scenario: frozen for 3 s under load

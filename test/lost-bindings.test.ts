@@ -218,7 +218,7 @@ for (const fault of ['killed with kill -9, then started again empty', 'frozen wi
       loads.push(keepVisiting(runs));
       await waitFor(() => runs.every((r) => r.user.visits.length >= 6), { what: 'load with memcached up', timeoutMs: 10_000 });
       if (fault.startsWith('killed')) await m.kill();
-      else m.signal('SIGSTOP');
+      else await m.freeze();
       // Sessions started while memcached cannot take their learns.
       for (const mode of ['accept', 'replace'] as const) {
         for (let k = 0; k < 2; k++) newcomers.push({ url: proxies[mode].url, user: new User(apps[mode][0].cookie), mode });

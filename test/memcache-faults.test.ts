@@ -173,7 +173,7 @@ test('memcached killed with kill -9 mid-batch: every op settles at once; restart
   const mc = await memcached();
   const c = client({ servers: [mc.address], ...longDeadlines, probeIntervalMs: 100 });
   await c.set('kill:seed', 'v', 0);
-  mc.signal('SIGSTOP'); // hold the batch in flight
+  await mc.freeze(); // hold the batch in flight
   const settled = settleAll(Array.from({ length: 500 }, (_, i) => (i % 2 ? c.get(`kill:${i}`) : c.set(`kill:${i}`, 'x'.repeat(1000), 0))));
   await sleep(100);
   const killedAt = performance.now();
@@ -193,7 +193,7 @@ test('memcached frozen with SIGSTOP: deadlines fire, the server is marked down, 
   const mc = await memcached();
   const c = client({ servers: [mc.address], timeoutMs: 150, writeTimeoutMs: 300, connectTimeoutMs: 300, probeIntervalMs: 100, downAfterFailures: 3 });
   await c.set('frozen', 'v', 0);
-  mc.signal('SIGSTOP');
+  await mc.freeze();
   try {
     const { outcomes, ms } = await settleAll([c.get('frozen'), c.set('frozen:w', 'w', 0)]);
     assert.deepEqual(outcomes, ['timeout', 'timeout']);

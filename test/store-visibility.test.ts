@@ -167,7 +167,7 @@ test('a frozen memcached (SIGSTOP) is marked down by the watch\'s pings without 
   const p = await startProxy([...backendFlags(origins), '--admin', '127.0.0.1:0', '--memcache', mc.address]);
   try {
     await waitFor(async () => sample(await metrics(p), upGauge(mc.address)) === 1, { what: 'the server up gauge at 1' });
-    mc.signal('SIGSTOP');
+    await mc.freeze();
     const down = await waitLogged(p, 'memcached server down');
     assert.equal(down.server, mc.address);
     assert.equal((await readyz(p)).body.affinity, 'degraded');

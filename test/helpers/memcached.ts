@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect } from 'node:net';
 import { once } from 'node:events';
+import { readdir, readFile } from 'node:fs/promises';
 import { waitFor } from './wait.ts';
 
 export async function freePort(host = '127.0.0.1'): Promise<number> {
@@ -22,6 +23,17 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
     s.once('connect', () => { s.destroy(); resolve(true); });
     s.once('error', () => { s.destroy(); resolve(false); });
   }), { what: `memcached to listen on ${port}`, timeoutMs });
+}
+
+/** Whether every thread of `pid` is in the stopped state ('T' in /proc/PID/task/TID/stat). */
+async function allStopped(pid: number): Promise<boolean> {
+  const tasks = await readdir(`/proc/${pid}/task`);
+  for (const tid of tasks) {
+    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'latin1');
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    if (stat[stat.lastIndexOf(')') + 2] !== 'T') return false;
+  }
+  return true;
 }
 
 export class Memcached {
@@ -50,6 +62,18 @@ export class Memcached {
 
   signal(sig: NodeJS.Signals): void {
     if (this.proc?.pid !== undefined && this.proc.exitCode === null) process.kill(this.proc.pid, sig);
+  }
+
+  /**
+   * SIGSTOP, and wait until every thread is stopped: kill() returns before a
+   * running worker thread reaches its signal check, and on a busy machine that
+   * thread may still answer a request sent right after.
+   */
+  async freeze(): Promise<void> {
+    const pid = this.proc?.pid;
+    if (pid === undefined || this.proc?.exitCode !== null) return;
+    this.signal('SIGSTOP');
+    await waitFor(() => allStopped(pid), { what: `memcached (pid ${pid}) to stop`, timeoutMs: 5000, intervalMs: 2 });
   }
 
   /** kill -9, and wait until the process is gone. */
