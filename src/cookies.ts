@@ -1,5 +1,5 @@
-// Session ids out of Cookie headers (a byte scan of the request head: a
-// request without a session cookie name costs one search) and Set-Cookie
+// Session ids out of Cookie headers (a byte scan of the request head; a long
+// Cookie header without a session cookie name costs one search) and Set-Cookie
 // headers (through the `cookie` package, in the resolver). Values are kept
 // exactly as on the wire (no URL-decoding), and split and trimmed the same
 // way on both sides, so the id read from a request matches the id learnt from
@@ -51,6 +51,11 @@ function keyBuffer(name: string, idBytes: number): Buffer {
 // Per scan, the id range found for each configured name; reused across scans.
 let found = new Int32Array(16);
 
+// Above this many Cookie bytes, a request is first searched for the names
+// (memchr-fast, in C++) before it is split; below, splitting in JS costs less
+// than the calls into C++ that the search takes.
+const SEARCH_FIRST = 256;
+
 /**
  * Session ids in Cookie header values buf[starts[k], ends[k]), as store keys
  * in configured order, joined by '\n' (a byte no header value holds); '' when
@@ -58,26 +63,21 @@ let found = new Int32Array(16);
  * at the first '=', trimmed of spaces and tabs, values kept as sent.
  */
 export function sessionKeys(buf: Buffer, starts: ArrayLike<number>, ends: ArrayLike<number>, lines: number, names: SessionCookieNames): string {
-  // Cheap test first: a request without a session cookie name costs no parsing.
-  let any = false;
-  for (let k = 0; k < lines && !any; k++) {
-    for (let n = 0; n < names.bytes.length; n++) {
-      const at = buf.indexOf(names.bytes[n], starts[k]);
-      if (at >= 0 && at < ends[k]) { any = true; break; }
-    }
-  }
-  if (!any) return '';
   const count = names.bytes.length;
+  let bytes = 0;
+  for (let k = 0; k < lines; k++) bytes += ends[k] - starts[k];
+  if (bytes > SEARCH_FIRST && !mentionsAny(buf, starts, ends, lines, names)) return '';
   if (found.length < count * 2) found = new Int32Array(count * 2);
   found.fill(-1, 0, count * 2);
+  let any = false;
   for (let k = 0; k < lines; k++) {
     const end = ends[k];
     let i = starts[k];
     while (i < end) {
-      let semi = buf.indexOf(59, i);
-      if (semi < 0 || semi > end) semi = end;
+      let semi = i;
+      while (semi < end && buf[semi] !== 59 /* ; */) semi++;
       let eq = i;
-      while (eq < semi && buf[eq] !== 61) eq++;
+      while (eq < semi && buf[eq] !== 61 /* = */) eq++;
       if (eq < semi) {
         const ns = trimStart(buf, i, eq);
         const ne = trimEnd(buf, ns, eq);
@@ -90,13 +90,14 @@ export function sessionKeys(buf: Buffer, starts: ArrayLike<number>, ends: ArrayL
           const vs = trimStart(buf, eq + 1, semi);
           const ve = trimEnd(buf, vs, semi);
           // An empty value carries no session (the cookie package reads it the same way).
-          if (ve > vs) { found[n * 2] = vs; found[n * 2 + 1] = ve; }
+          if (ve > vs) { found[n * 2] = vs; found[n * 2 + 1] = ve; any = true; }
           break;
         }
       }
       i = semi + 1;
     }
   }
+  if (!any) return '';
   let keys = '';
   for (let n = 0; n < count; n++) {
     if (found[n * 2] < 0) continue;
@@ -104,6 +105,17 @@ export function sessionKeys(buf: Buffer, starts: ArrayLike<number>, ends: ArrayL
     keys = keys === '' ? key : `${keys}\n${key}`;
   }
   return keys;
+}
+
+/** Whether any configured name occurs in the Cookie values at all. */
+function mentionsAny(buf: Buffer, starts: ArrayLike<number>, ends: ArrayLike<number>, lines: number, names: SessionCookieNames): boolean {
+  for (let k = 0; k < lines; k++) {
+    for (let n = 0; n < names.bytes.length; n++) {
+      const at = buf.indexOf(names.bytes[n], starts[k]);
+      if (at >= 0 && at < ends[k]) return true;
+    }
+  }
+  return false;
 }
 
 function trimStart(buf: Buffer, i: number, end: number): number {

@@ -12,11 +12,18 @@
 //   0  tag: a second hash of the key, odd (0 marks a free slot)
 //   1  key length (Latin-1 bytes, at most KEY_BYTES; longer keys are not kept)
 //   2  backend: its slot in the process's backend registry
-//   3  seal: a hash of words 0-2 and the key, so a slot torn by a thread that
-//      died mid-write reads as free
+//   3  seal: the key's hash folded with words 0-2, written last, so a slot
+//      torn by a thread that died mid-write, or read while it is being
+//      written, reads as free
 //   4.. the key bytes
 // then, per slot, three doubles: fresh until, remembered until, and when an
 // adoption of the key may next be written (Date.now() milliseconds).
+//
+// Writers lock the bucket (src/shared-lock.ts); readers do not. A read checks
+// the slot's seal against what it read, so one that races a write sees the
+// old binding, the new one, or none (a miss, which asks memcached): never a
+// mix. The key's own hash, needed to find the bucket, is the seal's start, so
+// the check costs three steps once the key bytes compared equal.
 import { FNV_OFFSET, fmix32, fnv1a, fnvStep } from './hash.ts';
 import { lock, unlock } from './shared-lock.ts';
 
@@ -35,6 +42,11 @@ const ADOPT = 2;
 /** The slot tag: independent of the bucket index (both come from one FNV-1a hash), odd, signed as Int32Array holds it. */
 function tagOf(h: number): number {
   return fmix32(h ^ 0x9e3779b9) | 1;
+}
+
+/** The seal of a slot holding a key of hash `h` (fnv1a) and length `length`, with `tag` and backend `ref`. */
+function sealOf(h: number, tag: number, length: number, ref: number): number {
+  return fmix32(fnvStep(fnvStep(fnvStep(h, tag), length), ref)) | 0;
 }
 
 function buckets(entries: number): number {
@@ -89,21 +101,15 @@ export class NearCache {
   get(key: string, now: number): boolean {
     if (key.length > KEY_BYTES) return false;
     const h = fnv1a(key);
-    const tag = tagOf(h);
-    const bucket = fmix32(h) & this.#mask;
-    const token = lock(this.#locks, bucket);
-    const slot = this.#find(bucket, tag, key);
-    let backend = -1;
-    if (slot >= 0) {
-      const t = (slot / SLOT_WORDS) * 3;
-      if (this.#times[t + UNTIL] > now) {
-        backend = this.#slots[slot + BACKEND];
-        this.freshUntil = this.#times[t + FRESH];
-        this.adoptAfter = this.#times[t + ADOPT];
-      }
-    }
-    unlock(this.#locks, bucket, token);
-    if (backend < 0) return false;
+    const slot = this.#find(fmix32(h) & this.#mask, tagOf(h), key, h);
+    if (slot < 0) return false;
+    const t = (slot / SLOT_WORDS) * 3;
+    const backend = this.#slots[slot + BACKEND];
+    const freshUntil = this.#times[t + FRESH];
+    const adoptAfter = this.#times[t + ADOPT];
+    if (!(this.#times[t + UNTIL] > now) || this.#slots[slot + SEAL] !== sealOf(h, this.#slots[slot + TAG], key.length, backend)) return false;
+    this.freshUntil = freshUntil;
+    this.adoptAfter = adoptAfter;
     this.backend = this.#backends.nameOf(backend);
     return this.backend !== '';
   }
@@ -117,23 +123,23 @@ export class NearCache {
     const bucket = fmix32(h) & this.#mask;
     const s = this.#slots;
     const times = this.#times;
-    let seal = fnvStep(fnvStep(fnvStep(FNV_OFFSET, tag), key.length), ref);
-    for (let i = 0; i < key.length; i++) seal = fnvStep(seal, key.charCodeAt(i));
-    seal = fmix32(seal) | 0;
     const token = lock(this.#locks, bucket);
-    let slot = this.#find(bucket, tag, key);
+    let slot = this.#find(bucket, tag, key, h);
     const fresh = slot < 0;
     if (fresh) slot = this.#victim(bucket, now);
     const t = (slot / SLOT_WORDS) * 3;
+    // A reader racing this write fails the seal check until the seal, last, is written.
+    Atomics.store(s, slot + SEAL, 0);
     s[slot + TAG] = tag;
     s[slot + KEY_LEN] = key.length;
     s[slot + BACKEND] = ref;
     const at = (slot + KEY) * 4;
     for (let i = 0; i < key.length; i++) this.#bytes[at + i] = key.charCodeAt(i);
-    s[slot + SEAL] = seal;
     times[t + FRESH] = now + this.#freshMs;
     times[t + UNTIL] = now + this.#rememberMs;
     if (adoptAfter > 0 || fresh) times[t + ADOPT] = adoptAfter;
+    // Atomics orders the slot's writes before the seal for readers on any CPU.
+    Atomics.store(s, slot + SEAL, sealOf(h, tag, key.length, ref));
     unlock(this.#locks, bucket, token);
   }
 
@@ -142,13 +148,13 @@ export class NearCache {
     const h = fnv1a(key);
     const bucket = fmix32(h) & this.#mask;
     const token = lock(this.#locks, bucket);
-    const slot = this.#find(bucket, tagOf(h), key);
+    const slot = this.#find(bucket, tagOf(h), key, h);
     if (slot >= 0) this.#slots[slot + TAG] = 0;
     unlock(this.#locks, bucket, token);
   }
 
-  /** The intact slot holding `key`, or -1. */
-  #find(bucket: number, tag: number, key: string): number {
+  /** The intact slot holding `key` (of hash `h`), or -1. */
+  #find(bucket: number, tag: number, key: string, h: number): number {
     const s = this.#slots;
     const bytes = this.#bytes;
     for (let w = 0, slot = bucket * WAYS * SLOT_WORDS; w < WAYS; w++, slot += SLOT_WORDS) {
@@ -156,7 +162,7 @@ export class NearCache {
       const at = (slot + KEY) * 4;
       let i = 0;
       while (i < key.length && bytes[at + i] === key.charCodeAt(i)) i++;
-      if (i === key.length && this.#intact(slot)) return slot;
+      if (i === key.length && s[slot + SEAL] === sealOf(h, tag, key.length, s[slot + BACKEND])) return slot;
     }
     return -1;
   }
@@ -178,8 +184,8 @@ export class NearCache {
     const s = this.#slots;
     const n = s[slot + KEY_LEN];
     if (n < 0 || n > KEY_BYTES) return false;
-    let h = fnvStep(fnvStep(fnvStep(FNV_OFFSET, s[slot + TAG]), n), s[slot + BACKEND]);
+    let h = FNV_OFFSET | 0;
     for (let i = 0, at = (slot + KEY) * 4; i < n; i++) h = fnvStep(h, this.#bytes[at + i]);
-    return (fmix32(h) | 0) === s[slot + SEAL];
+    return sealOf(h >>> 0, s[slot + TAG], n, s[slot + BACKEND]) === s[slot + SEAL];
   }
 }

@@ -1,0 +1,81 @@
+// The event loop's own affinity work per request, in nanoseconds: session keys
+// out of the Cookie header (sessionKeys) and the near cache's answer for them
+// (NearCache.get), on 5,000 sessions in a 65,536-entry cache (the defaults).
+// What the socket benchmarks cannot resolve: on the shared development
+// machine two identical proxies differ by ±6% there, and this is ~1 µs of a
+// request's ~50. Usage:
+//   node bench/affinity.ts [--against DIR] [--rounds N]
+// --against DIR: another checkout (say `git worktree add /tmp/base HEAD~`),
+// measured in the same run, its rounds alternating with this tree's.
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const { values: args } = parseArgs({ options: { against: { type: 'string' }, rounds: { type: 'string', default: '7' } } });
+const here = fileURLToPath(new URL('..', import.meta.url));
+const trees = [here, ...(args.against === undefined ? [] : [args.against])];
+const rounds = Number(args.rounds);
+const N = 5000;
+const OPS = 400_000;
+
+interface Subject { label: string; keys(i: number): string; get(key: string): boolean }
+
+async function subject(root: string, label: string): Promise<Subject> {
+  const { sessionKeys, SessionCookieNames } = await import(`${root}/src/cookies.ts`);
+  const { NearCache, nearCacheBytes } = await import(`${root}/src/near-cache.ts`);
+  const names = new SessionCookieNames(['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId']);
+  const backends = ['srv1', 'srv2'];
+  const slots = { slotOf: (n: string) => backends.indexOf(n), nameOf: (i: number) => backends[i] ?? '' };
+  const cache = new NearCache(new SharedArrayBuffer(nearCacheBytes(65536)), 65536, 60_000, 300_000, slots);
+  const now = Date.now();
+  for (let i = 0; i < N; i++) cache.set(`PHPSESSID:${heads.ids[i]}`, backends[i & 1], now);
+  const s = new Int32Array(1);
+  const e = new Int32Array(1);
+  return {
+    label,
+    keys(i: number): string {
+      s[0] = heads.starts[i];
+      e[0] = heads.ends[i];
+      return sessionKeys(heads.bufs[i], s, e, 1, names);
+    },
+    get: (key: string) => cache.get(key, now),
+  };
+}
+
+// Request heads as wrk's sessions.lua sends them: the session id between two other cookies.
+const heads = { bufs: [] as Buffer[], starts: [] as number[], ends: [] as number[], ids: [] as string[] };
+for (let i = 0; i < N; i++) {
+  const id = (i.toString(16) + 'f3a9c1d27b8e4605a1c3e5f7b9d2').slice(0, 26);
+  const pre = 'GET /cart HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nCookie: ';
+  const cookie = `theme=dark; PHPSESSID=${id}; _ga=GA1.2.3`;
+  heads.bufs.push(Buffer.from(`${pre}${cookie}\r\n\r\n`, 'latin1'));
+  heads.starts.push(pre.length);
+  heads.ends.push(pre.length + cookie.length);
+  heads.ids.push(id);
+}
+
+function time(f: (i: number) => number): number {
+  let sink = 0;
+  const t = process.hrtime.bigint();
+  for (let k = 0; k < OPS; k++) sink += f(k % N);
+  const ns = Number(process.hrtime.bigint() - t) / OPS;
+  if (sink < 0) throw new Error('unreachable');
+  return ns;
+}
+
+const subjects = await Promise.all(trees.map((t, i) => subject(t, i === 0 ? 'this tree' : t)));
+const results = subjects.map(() => ({ keys: [] as number[], both: [] as number[] }));
+for (let r = 0; r < rounds; r++) {
+  subjects.forEach((sub, j) => {
+    results[j].keys.push(time((i) => sub.keys(i).length));
+    results[j].both.push(time((i) => (sub.get(sub.keys(i)) ? 1 : 0)));
+  });
+}
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+console.log(`| tree | session keys, ns | + near cache get, ns | get alone, ns |`);
+console.log(`|---|---:|---:|---:|`);
+subjects.forEach((sub, j) => {
+  const k = median(results[j].keys);
+  const b = median(results[j].both);
+  console.log(`| ${sub.label} | ${k.toFixed(0)} | ${b.toFixed(0)} | ${(b - k).toFixed(0)} |`);
+});
+console.log(`\nmedians of ${rounds} rounds of ${OPS} requests over ${N} sessions; node ${process.version}`);
