@@ -107,6 +107,7 @@ export class NearCache {
     const backend = this.#slots[slot + BACKEND];
     const freshUntil = this.#times[t + FRESH];
     const adoptAfter = this.#times[t + ADOPT];
+    // Checked again: a writer may have reused the slot since #find checked it.
     if (!(this.#times[t + UNTIL] > now) || this.#slots[slot + SEAL] !== sealOf(h, this.#slots[slot + TAG], key.length, backend)) return false;
     this.freshUntil = freshUntil;
     this.adoptAfter = adoptAfter;
