@@ -113,30 +113,39 @@ export class MemcachedStore implements AffinityStore {
     this.#retryTimer = undefined;
     const queue = this.#queue;
     this.#queue = [];
-    this.#counters?.dequeued(queue.length);
     const now = Date.now();
+    // A replayed write stays pending until memcached answers it, so the
+    // outage report (store/watch.ts) waits for the answers it counts.
     for (const p of queue) {
       if (p.backend === '') {
-        this.client.delete(p.key).catch((err: unknown) => {
-          if (!this.#keep(err, p.key, '', 0, false, true)) this.#drop(1);
-        });
+        this.client.delete(p.key).then(this.#settled, (err: unknown) => this.#failedAgain(err, p.key, '', 0, false));
         continue;
       }
       // A fixed lifetime is shortened by the time spent queued.
       const ttl = p.sliding ? p.ttl : p.ttl - Math.floor((now - p.at) / 1000);
       if (ttl <= 0) {
         this.#drop(1);
+        this.#settled();
         continue;
       }
-      this.client.set(p.key, p.backend, exptimeForTtl(ttl), p.sliding ? ttl : 0).then(this.#written, (err: unknown) => {
-        if (!this.#keep(err, p.key, p.backend, ttl, p.sliding, true)) this.#drop(1);
-      });
+      this.client.set(p.key, p.backend, exptimeForTtl(ttl), p.sliding ? ttl : 0).then(this.#written, (err: unknown) => this.#failedAgain(err, p.key, p.backend, ttl, p.sliding));
     }
   }
 
   readonly #written = (): void => {
     this.#counters?.written();
+    this.#settled();
   };
+
+  readonly #settled = (): void => {
+    this.#counters?.dequeued(1);
+  };
+
+  /** A replayed write failed: queued again (counted pending again first) or dropped. */
+  #failedAgain(err: unknown, key: string, backend: string, ttl: number, sliding: boolean): void {
+    if (!this.#keep(err, key, backend, ttl, sliding, true)) this.#drop(1);
+    this.#settled();
+  }
 
   #drop(n: number): void {
     this.dropped += n;

@@ -35,7 +35,7 @@ export class OutageCounters {
     Atomics.add(this.#w, PENDING, 1);
   }
 
-  /** `n` writes left a store's queue (to be replayed, or dropped at close). */
+  /** `n` writes are no longer pending: a replay answered or dropped, or a queue dropped at close. */
   dequeued(n: number): void {
     Atomics.sub(this.#w, PENDING, n);
   }
