@@ -21,9 +21,14 @@ export interface LearnWaiter {
 /** Runs a batch somewhere: in a worker pool or inline. */
 export interface BatchRunner {
   readonly ready: Promise<void>;
-  /** An aborted signal means the batch is past its deadline: a worker still on it is replaced. */
-  run(batch: AffinityBatch, signal: AbortSignal): Promise<AffinityAnswer>;
+  /** `deadline.signal` aborts when the batch is past its deadline: a worker still on it is replaced. */
+  run(batch: AffinityBatch, deadline: BatchDeadline): Promise<AffinityAnswer>;
   close(): Promise<void>;
+}
+
+/** A batch's deadline, as a signal made only for a runner that asks (the inline runner never does). */
+export interface BatchDeadline {
+  readonly signal: AbortSignal;
 }
 
 export interface AffinityOptions {
@@ -59,7 +64,7 @@ export class Affinity {
   #lookups: LookupWaiter[] = [];
   #learns: LearnWaiter[] = [];
   #scheduled = false;
-  readonly #inflight = new Set<Promise<void>>();
+  readonly #inflight = new Set<Flight>();
   readonly #flushNow = (): void => this.#flush();
 
   constructor(opts: AffinityOptions, runner: BatchRunner) {
@@ -159,7 +164,7 @@ export class Affinity {
   /** Sends what is pending, waits for every batch in flight, then stops the runner. */
   async close(): Promise<void> {
     this.#flush();
-    while (this.#inflight.size > 0) await Promise.race(this.#inflight);
+    while (this.#inflight.size > 0) await Promise.race(Array.from(this.#inflight, settledOf));
     await this.#runner.close();
   }
 
@@ -183,37 +188,52 @@ export class Affinity {
     const size = this.#size();
     if (size === 0) return;
     this.#stats.batchSize.observe(size);
-    const flight = new Flight(this.#lookups, this.#learns, this.#batch.learnBackends, this.near);
+    const flight = new Flight(this.#lookups, this.#learns, this.#batch.learnBackends, this.near, this.#inflight);
     const batch = this.#batch;
     this.#batch = emptyBatch();
     this.#lookups = [];
     this.#learns = [];
     flight.timer = setTimeout(flight.expire, this.#deadlineMs);
-    const settled = this.#runner.run(batch, flight.abort.signal).then(flight.answer, flight.fail);
-    this.#inflight.add(settled);
-    const forget = (): void => { this.#inflight.delete(settled); };
-    settled.then(forget, forget);
+    this.#inflight.add(flight);
+    flight.settled = this.#runner.run(batch, flight).then(flight.answer, flight.failed);
   }
 }
 
-/** One batch on its way: settles its waiters once, by answer, failure or deadline. */
-class Flight {
+function settledOf(f: Flight): Promise<void> {
+  return f.settled;
+}
+
+/**
+ * One batch on its way: settles its waiters once, by answer, failure or
+ * deadline. Its handlers are bound once per batch; the abort signal is made
+ * only if the runner asks for it.
+ */
+class Flight implements BatchDeadline {
   readonly lookups: LookupWaiter[];
   readonly learns: LearnWaiter[];
   readonly learnBackends: string[];
   readonly near: NearCache | null;
+  /** The affinity's batches in flight: this one leaves when its runner settles. */
+  readonly inflight: Set<Flight>;
+  settled!: Promise<void>;
   timer: NodeJS.Timeout | undefined;
-  readonly abort = new AbortController();
+  #abort: AbortController | null = null;
   done = false;
 
-  constructor(lookups: LookupWaiter[], learns: LearnWaiter[], learnBackends: string[], near: NearCache | null) {
+  constructor(lookups: LookupWaiter[], learns: LearnWaiter[], learnBackends: string[], near: NearCache | null, inflight: Set<Flight>) {
     this.lookups = lookups;
     this.learns = learns;
     this.learnBackends = learnBackends;
     this.near = near;
+    this.inflight = inflight;
+  }
+
+  get signal(): AbortSignal {
+    return (this.#abort ??= new AbortController()).signal;
   }
 
   readonly answer = (a: AffinityAnswer): void => {
+    this.inflight.delete(this);
     if (this.#finish()) return;
     const near = this.near;
     if (near !== null) {
@@ -229,17 +249,23 @@ class Flight {
     for (let j = 0; j < this.learns.length; j++) this.learns[j].onLearned(a.replaced[j] === 1);
   };
 
-  readonly fail = (): void => {
-    if (this.#finish()) return;
-    for (const w of this.lookups) w.onAffinity('failed', '', '');
-    for (const w of this.learns) w.onLearned(false);
+  /** The runner failed the batch. */
+  readonly failed = (): void => {
+    this.inflight.delete(this);
+    this.#fail();
   };
 
   readonly expire = (): void => {
     this.timer = undefined;
-    this.fail();
-    this.abort.abort();
+    this.#fail();
+    this.#abort?.abort();
   };
+
+  #fail(): void {
+    if (this.#finish()) return;
+    for (const w of this.lookups) w.onAffinity('failed', '', '');
+    for (const w of this.learns) w.onLearned(false);
+  }
 
   /** True when already settled. */
   #finish(): boolean {

@@ -32,6 +32,8 @@ const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRN
 const RES_HEAD = 0;
 const RES_BODY = 1;
 const RES_DONE = 2;
+/** Body bytes held while a learn is stored before the backend's socket is paused. */
+const HOLD_MAX = 64 * 1024;
 
 // One parsed response head at a time: it is consumed before the next is parsed.
 const RES = new ResponseHead();
@@ -92,6 +94,8 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   started = false;
   /** The head and body views held while a learn is stored. */
   #held: Buffer[] | null = null;
+  /** Body bytes among them. */
+  #heldBytes = 0;
   #keepClient = true;
   #learning = false;
   // Accounting, for the access log and metrics.
@@ -334,8 +338,8 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       // The head waits until its session is stored, so the client's next
       // request finds the binding through any loop, worker or instance.
       this.#held = [out];
+      this.#heldBytes = 0;
       this.#learning = true;
-      up.socket.pause();
       ctx.affinity.learn(b.name, setCookies, req.keys, this.boundKey, this);
     } else {
       this.#out(out);
@@ -398,6 +402,10 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   #out(view: Buffer): void {
     if (this.#held !== null) {
       this.#held.push(view);
+      // Most answers that set a session end in the read that brought their
+      // head: the backend is paused only for one that goes on, at a bound.
+      this.#heldBytes += view.length;
+      if (this.#heldBytes >= HOLD_MAX) this.upstream?.socket.pause();
       return;
     }
     this.started = true;

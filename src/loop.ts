@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Piscina } from 'piscina';
 import { Acceptor } from './accept.ts';
-import { Affinity, type BatchRunner } from './affinity.ts';
+import { Affinity, type BatchDeadline, type BatchRunner } from './affinity.ts';
 import { BackendSet, type SlottedBackend } from './backends.ts';
 import { createBalancer } from './balance.ts';
 import type { AffinityAnswer, AffinityBatch, ResolverSettings } from './batch.ts';
@@ -101,9 +101,9 @@ class PoolRunner implements BatchRunner {
     this.pool.on('error', (err: Error) => log.error({ err: err.message }, 'affinity worker failed'));
   }
 
-  run(batch: AffinityBatch, signal: AbortSignal): Promise<AffinityAnswer> {
+  run(batch: AffinityBatch, deadline: BatchDeadline): Promise<AffinityAnswer> {
     // Aborting a running task makes piscina terminate and replace its worker.
-    return this.pool.run(batch, { signal });
+    return this.pool.run(batch, { signal: deadline.signal });
   }
 
   close(): Promise<void> {

@@ -8,6 +8,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { startOrigin, type Origin } from './helpers/origins.ts';
+import { startMemcached, type Memcached } from './helpers/memcached.ts';
 import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
 import { waitFor } from './helpers/wait.ts';
 
@@ -31,6 +32,8 @@ before(async () => {
     }
     let left = Number(url.searchParams.get('bytes'));
     written = 0;
+    // /session: the answer sets a session cookie, so the proxy holds it until the learn is stored.
+    if (url.pathname === '/session') res.setHeader('set-cookie', 'PHPSESSID=held1; Path=/');
     res.writeHead(200, { 'content-length': String(left) });
     const pump = (): void => {
       while (left > 0) {
@@ -86,5 +89,36 @@ test('a client that stops reading holds the origin back; memory stays flat', T, 
     await waitFor(() => got > size, { what: 'the whole body (and its head) once the client reads', timeoutMs: 60_000, intervalMs: 50 });
   } finally {
     sock.destroy();
+  }
+});
+
+test('an answer held for its learn holds the origin back; it is whole once the learn ends', T, async () => {
+  const mc = await startMemcached();
+  // The learn waits the whole store timeout on a frozen memcached: that is the hold.
+  const held = await startProxy(['--backend', `big=${origin.url}`, '--threads', '1', '--memcache', mc.address, '--store-timeout', '3000']);
+  const size = 128 * MiB;
+  const sock = connect(Number(new URL(held.url).port), '127.0.0.1');
+  let got = 0;
+  let head = '';
+  sock.on('data', (d: Buffer) => {
+    if (got === 0) head = d.toString('latin1', 0, Math.min(d.length, 512));
+    got += d.length;
+  });
+  try {
+    await mc.freeze();
+    const t0 = Date.now();
+    sock.write(`GET /session?bytes=${size} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    await sleep(1500); // the scenario: within the hold, long enough for unbounded reading to show
+    const stalledAt = written;
+    assert.equal(got, 0, 'nothing reaches the client before the learn ends');
+    assert.ok(Date.now() - t0 < 3000, 'still within the hold');
+    assert.ok(stalledAt < 32 * MiB, `origin wrote ${(stalledAt / MiB).toFixed(1)} MiB while its answer was held`);
+    mc.signal('SIGCONT');
+    await waitFor(() => got > size, { what: 'the whole body (and its head) once the learn ends', timeoutMs: 60_000, intervalMs: 50 });
+    assert.match(head, /^HTTP\/1\.1 200 [^]*set-cookie: PHPSESSID=held1/i);
+  } finally {
+    sock.destroy();
+    await held.stop();
+    await mc.stop();
   }
 });
