@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { fileURLToPath } from 'node:url';
 
@@ -48,10 +49,10 @@ export class ProxyProcess {
   }
 }
 
-/** Starts `sticky-proxy --listen 127.0.0.1:0 ...args` and waits for its listening line. */
-export async function startProxy(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ProxyProcess> {
-  const proc = spawn(process.execPath, [...NODE_FLAGS, CLI, '--listen', '127.0.0.1:0', ...args], {
-    cwd: ROOT,
+/** Starts `sticky-proxy --listen 127.0.0.1:0 ...args` and waits for its listening line; `root`: another checkout's (bench/paired.ts). */
+export async function startProxy(args: string[], env: NodeJS.ProcessEnv = {}, root = ROOT): Promise<ProxyProcess> {
+  const proc = spawn(process.execPath, [...NODE_FLAGS, join(root, 'bin/sticky-proxy.js'), '--listen', '127.0.0.1:0', ...args], {
+    cwd: root,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });

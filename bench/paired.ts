@@ -1,0 +1,134 @@
+// npm run bench:paired: CPU per request of several targets loaded at the same
+// time, for changes smaller than this machine's noise. On a shared 2-core VM a
+// single run swings by ±50% from one minute to the next; loading every
+// configuration at once, each with its own load generator at the same fixed
+// rate, exposes them all to the same interference at the same load (CPU per
+// request depends on the load: more requests per wake-up cost less each), and
+// the ratio of their CPU per request (utime+stime from /proc over the measured
+// window) is steady to a few per cent. Two identical instances measure the
+// resolution: add the same config twice.
+//
+//   npm run bench:paired -- [--config LABEL=FLAGS]... [--against DIR] [--haproxy]
+//                           [--scenario seed|storm] [--rate R] [--rounds N] [--seconds S] [--connections C]
+//
+// --rate: requests per second offered to each target (default 3000); the sum
+//   must stay below what the machine serves, or a target falls behind (said).
+//
+// --config: a sticky-proxy configuration; MEMCACHED in FLAGS becomes the address
+//   of the memcached this run starts. Every config runs with --threads 1 unless
+//   its flags say otherwise. Default: noaff=--no-affinity and
+//   memcached=--memcache MEMCACHED.
+// --against DIR: every config also runs from another checkout (a `git worktree`
+//   of the previous commit, say), labelled LABEL@base.
+// --haproxy: HAProxy's stick table, nbthread 1, loaded alongside (peers config).
+// Prints, per round, each target's µs of CPU per request, then the median of
+// each target's ratio to the first one. The first round only warms up.
+import { parseArgs } from 'node:util';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Job } from './loadgen.ts';
+import { drive } from './lib/drive.ts';
+import { track, which } from './lib/procs.ts';
+import { DEFAULT_PEERS_DIR, startHaproxy, startOrigins, type Running } from './lib/servers.ts';
+import { SCENARIOS } from './lib/suite.ts';
+import { guard, stderrReporter } from './run.ts';
+import { startMemcached, type Memcached } from '../test/helpers/memcached.ts';
+import { ROOT, startProxy } from '../test/helpers/proxy.ts';
+
+const { values: a } = parseArgs({
+  options: {
+    config: { type: 'string', multiple: true, default: ['noaff=--no-affinity', 'memcached=--memcache MEMCACHED'] },
+    against: { type: 'string' },
+    haproxy: { type: 'boolean', default: false },
+    scenario: { type: 'string', default: 'seed' },
+    rounds: { type: 'string', default: '6' },
+    seconds: { type: 'string', default: '4' },
+    connections: { type: 'string', default: '32' },
+    rate: { type: 'string', default: '3000' },
+  },
+});
+const scenario = SCENARIOS.find((s) => s.id === a.scenario && s.bodyBytes === 0 && s.idleConnections === 0);
+if (scenario === undefined) throw new Error(`--scenario: one of ${SCENARIOS.filter((s) => s.bodyBytes === 0 && s.idleConnections === 0).map((s) => s.id).join(', ')}`);
+const rounds = Number(a.rounds);
+const configs = a.config.map((c) => {
+  const eq = c.indexOf('=');
+  if (eq <= 0) throw new Error(`--config ${c}: expected LABEL=FLAGS`);
+  return { label: c.slice(0, eq), flags: c.slice(eq + 1).split(/\s+/).filter((f) => f !== '') };
+});
+const trees = [{ root: ROOT, suffix: '' }, ...(a.against === undefined ? [] : [{ root: resolve(a.against), suffix: '@base' }])];
+
+const rep = stderrReporter();
+// Start-up, the rounds, and room to stop.
+const release = guard((rounds * (Number(a.seconds) + 3) + 120) * 1000);
+const dir = mkdtempSync(join(tmpdir(), 'sticky-proxy-paired-'));
+const targets: { label: string; run: Running }[] = [];
+let origins: Running | null = null;
+let memcached: Memcached | null = null;
+try {
+  const hasNginx = which('nginx') !== null;
+  const o = await startOrigins(hasNginx ? 'nginx' : 'node', dir, DEFAULT_PEERS_DIR);
+  origins = o;
+  rep.log(`origins: ${o.kind} on ports ${o.servers.map((s) => s.port).join(', ')}`);
+  if (configs.some((c) => c.flags.includes('MEMCACHED'))) {
+    memcached = await startMemcached();
+    if (memcached.proc) track(memcached.proc);
+  }
+  const backends = o.servers.flatMap((s) => ['--backend', `${s.name}=http://127.0.0.1:${s.port}`]);
+  for (const c of configs) {
+    for (const t of trees) {
+      const flags = c.flags.map((f) => (f === 'MEMCACHED' ? memcached!.address : f));
+      const threads = flags.includes('--threads') ? [] : ['--threads', '1'];
+      // Each target gets its own key prefix: they share one memcached.
+      const p = await startProxy([...backends, '--log-level', 'warn', '--key-prefix', `paired-${targets.length}:`, ...threads, ...flags], {}, t.root);
+      track(p.proc);
+      targets.push({ label: c.label + t.suffix, run: { port: Number(new URL(p.url).port), pids: () => [p.pid], stop: async () => { await p.stop(); } } });
+    }
+  }
+  if (a.haproxy) {
+    if (which('haproxy') === null) rep.log('haproxy is not installed: skipped');
+    else targets.push({ label: 'haproxy', run: await startHaproxy(DEFAULT_PEERS_DIR, dir, o, 1) });
+  }
+
+  const job = (port: number): Job => ({
+    port, connections: Number(a.connections), idleConnections: 0, idlePingMs: 0,
+    warmupMs: 500, durationMs: Number(a.seconds) * 1000, rate: Number(a.rate),
+    newShare: scenario.newShare, method: scenario.method, paths: scenario.paths, bodyBytes: 0,
+    cookieName: 'PHPSESSID', maxSessions: 20_000, requestTimeoutMs: 10_000, progressMs: 1000,
+  });
+  const perRound: number[][] = [];
+  const rates: number[][] = [];
+  for (let r = 0; r <= rounds; r++) {
+    rep.progress(r === 0 ? 'warm-up round' : `round ${r}/${rounds}`);
+    const ms = await Promise.all(targets.map((t) => drive(job(t.run.port), () => t.run.pids(), () => [], () => {})));
+    if (r === 0) continue;
+    perRound.push(ms.map((m) => (m.targetCpu / m.result.requests) * 1e6));
+    rates.push(ms.map((m) => m.result.requests / m.result.seconds));
+  }
+  rep.progress(null);
+
+  const median = (xs: number[]): number => {
+    const s = [...xs].sort((x, y) => x - y);
+    return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  };
+  const out = [
+    `${scenario.id}, ${targets.length} targets loaded at once, ${a.connections} connections each, ${rounds} rounds of ${a.seconds} s`,
+    '',
+    `| round | ${targets.map((t) => t.label).join(' | ')} |`,
+    `|---|${targets.map(() => '---:').join('|')}|`,
+    ...perRound.map((row, i) => `| ${i + 1} | ${row.map((us) => us.toFixed(1)).join(' | ')} |`),
+    `| median µs CPU per request | ${targets.map((_, j) => median(perRound.map((row) => row[j])).toFixed(1)).join(' | ')} |`,
+    `| median ratio to ${targets[0].label} | ${targets.map((_, j) => median(perRound.map((row) => row[j] / row[0])).toFixed(3)).join(' | ')} |`,
+    `| median req/s | ${targets.map((_, j) => Math.round(median(rates.map((row) => row[j]))).toLocaleString('en-US')).join(' | ')} |`,
+  ];
+  // A target that falls behind its rate runs at another load than the others, and CPU per request depends on the load.
+  const behind = targets.filter((_, j) => median(rates.map((row) => row[j])) < 0.97 * Number(a.rate));
+  if (behind.length > 0) out.push('', `Not comparable: ${behind.map((t) => t.label).join(', ')} fell behind ${a.rate} req/s (the machine is saturated); lower --rate or load fewer targets.`);
+  process.stdout.write(`${out.join('\n')}\n`);
+} finally {
+  for (const t of targets) await t.run.stop().catch(() => {});
+  await memcached?.stop().catch(() => {});
+  await origins?.stop().catch(() => {});
+  rmSync(dir, { recursive: true, force: true });
+  release();
+}
