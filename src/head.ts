@@ -14,6 +14,24 @@ import { R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_TRANSFER_ENCODING, R_UPGRADE,
 
 export const VIA = '1.1 sticky-proxy';
 const CRLF = '\r\n';
+const VIA_LINE = `Via: ${VIA}\r\n`;
+const VIA_APPENDED = `, ${VIA}\r\n`;
+/** Below this many bytes a run is copied byte by byte: Buffer#copy's call and view cost more. */
+const SHORT_RUN = 48;
+
+/** Copies src[s, e) into out at p; returns the bytes copied. */
+function put(out: Buffer, p: number, src: Buffer, s: number, e: number): number {
+  const n = e - s;
+  if (n >= SHORT_RUN) return src.copy(out, p, s, e);
+  for (let i = 0; i < n; i++) out[p + i] = src[s + i];
+  return n;
+}
+
+/** Writes a Latin-1 string into out at p (heads' own text is short: no call into C++); returns its length. */
+function text(out: Buffer, p: number, s: string): number {
+  for (let i = 0; i < s.length; i++) out[p + i] = s.charCodeAt(i);
+  return s.length;
+}
 
 /** What a request head needs from its connection and the proxy's settings. */
 export interface RequestHeadOptions {
@@ -58,7 +76,7 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   // Host: the absolute-form authority wins over any Host header (RFC 9112 section 3.2.2).
   const hostStart = absolute ? h.authorityStart : h.host >= 0 ? L[h.host * 5 + 2] : 0;
   const hostEnd = absolute ? h.authorityEnd : h.host >= 0 ? L[h.host * 5 + 3] : 0;
-  const clientHost = hostEnd > hostStart ? buf.toString('latin1', hostStart, hostEnd) : '';
+  const hostLength = hostEnd - hostStart;
 
   // A list header named in Connection is dropped: the proxy then writes its own line.
   const trusted = o.trusted;
@@ -85,12 +103,12 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   if (rid !== null) size += rid.line.length + (clientId >= 0 ? L[clientId * 5 + 3] - L[clientId * 5 + 2] : REQUEST_ID_LENGTH) + 2;
   size += lastXff >= 0 ? 2 + o.clientAddress.length : 17 + o.clientAddress.length + 2;
   size += 19 + o.proto.length + 2;
-  if (clientHost !== '') size += 18 + clientHost.length + 2;
+  if (hostLength > 0) size += 18 + hostLength + 2;
   size += lastVia >= 0 ? 2 + VIA.length : 5 + VIA.length + 2;
   let forwarded = '';
   if (o.forwarded) {
     const node = o.clientAddress.includes(':') ? `"[${o.clientAddress}]"` : o.clientAddress;
-    forwarded = `for=${node};proto=${o.proto}${clientHost !== '' ? `;host="${unquotable(clientHost)}"` : ''}`;
+    forwarded = `for=${node};proto=${o.proto}${hostLength > 0 ? `;host="${unquotable(buf.toString('latin1', hostStart, hostEnd))}"` : ''}`;
     size += lastForwarded >= 0 ? 2 + forwarded.length : 11 + forwarded.length + 2;
   }
   if (h.chunked) size += 28;
@@ -102,15 +120,15 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   size += 2;
 
   const out = Buffer.allocUnsafe(size);
-  let p = out.write(h.method, 0, 'latin1');
+  let p = text(out, 0, h.method);
   out[p++] = 32;
   if (emptyPath) out[p++] = 47;
-  p += buf.copy(out, p, pathStart, h.targetEnd);
-  p += out.write(' HTTP/1.1\r\nHost: ', p, 'latin1');
+  p += put(out, p, buf, pathStart, h.targetEnd);
+  p += text(out, p, ' HTTP/1.1\r\nHost: ');
   const builtHostStart = p;
-  p += buf.copy(out, p, hostStart, hostEnd);
+  p += put(out, p, buf, hostStart, hostEnd);
   const builtHostEnd = p;
-  p += out.write(CRLF, p, 'latin1');
+  p += text(out, p, CRLF);
   // Kept lines are copied as runs of consecutive received lines.
   let run = -1;
   let runEnd = -1;
@@ -120,23 +138,34 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
     const kept = keep(h, i) && h.kinds[i] !== forged && h.kinds[i] !== forgedForwarded && (rid === null || !isRequestId(h, i, rid.lower));
     const append = i === lastXff || i === lastVia || i === lastForwarded;
     if (!kept || append) {
-      if (run >= 0) { p += buf.copy(out, p, run, runEnd); run = -1; }
+      if (run >= 0) { p += put(out, p, buf, run, runEnd); run = -1; }
       if (!append) continue;
       // The last line of a list header gets our element appended.
-      p += buf.copy(out, p, ls, L[i * 5 + 3]);
-      const extra = i === lastXff ? o.clientAddress : i === lastVia ? VIA : forwarded;
-      p += out.write(`, ${extra}\r\n`, p, 'latin1');
+      p += put(out, p, buf, ls, L[i * 5 + 3]);
+      p += text(out, p, ', ');
+      p += text(out, p, i === lastXff ? o.clientAddress : i === lastVia ? VIA : forwarded);
+      p += text(out, p, CRLF);
       continue;
     }
     if (run < 0) run = ls;
-    else if (runEnd !== ls) { p += buf.copy(out, p, run, runEnd); run = ls; }
+    else if (runEnd !== ls) { p += put(out, p, buf, run, runEnd); run = ls; }
     runEnd = le;
   }
-  if (run >= 0) p += buf.copy(out, p, run, runEnd);
-  if (lastXff < 0) p += out.write(`X-Forwarded-For: ${o.clientAddress}\r\n`, p, 'latin1');
-  p += out.write(`X-Forwarded-Proto: ${o.proto}\r\n`, p, 'latin1');
-  if (clientHost !== '') p += out.write(`X-Forwarded-Host: ${clientHost}\r\n`, p, 'latin1');
-  if (lastVia < 0) p += out.write(`Via: ${VIA}\r\n`, p, 'latin1');
+  if (run >= 0) p += put(out, p, buf, run, runEnd);
+  if (lastXff < 0) {
+    p += text(out, p, 'X-Forwarded-For: ');
+    p += text(out, p, o.clientAddress);
+    p += text(out, p, CRLF);
+  }
+  p += text(out, p, 'X-Forwarded-Proto: ');
+  p += text(out, p, o.proto);
+  p += text(out, p, CRLF);
+  if (hostLength > 0) {
+    p += text(out, p, 'X-Forwarded-Host: ');
+    p += put(out, p, buf, hostStart, hostEnd);
+    p += text(out, p, CRLF);
+  }
+  if (lastVia < 0) p += text(out, p, VIA_LINE);
   if (o.forwarded && lastForwarded < 0) p += out.write(`Forwarded: ${forwarded}\r\n`, p, 'latin1');
   let idStart = 0;
   let idEnd = 0;
@@ -148,9 +177,9 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
     out[p++] = 13;
     out[p++] = 10;
   }
-  if (h.chunked) p += out.write('Transfer-Encoding: chunked\r\n', p, 'latin1');
+  if (h.chunked) p += text(out, p, 'Transfer-Encoding: chunked\r\n');
   if (upgradeValue !== '') p += out.write(`Connection: upgrade\r\nUpgrade: ${upgradeValue}\r\n`, p, 'latin1');
-  p += out.write(CRLF, p, 'latin1');
+  p += text(out, p, CRLF);
   return { bytes: p === size ? out : out.subarray(0, p), hostStart: builtHostStart, hostEnd: builtHostEnd, idStart, idEnd };
 }
 
@@ -241,9 +270,9 @@ export function clientHead(r: ResponseHead, chunked: boolean, connection: number
   else if (connection === CLIENT_KEEP_10) size += 24;
   size += 2;
   const out = Buffer.allocUnsafe(size);
-  let p = out.write('HTTP/1.1 ', 0, 'latin1');
-  p += buf.copy(out, p, r.statusStart, r.statusEnd);
-  p += out.write(CRLF, p, 'latin1');
+  let p = text(out, 0, 'HTTP/1.1 ');
+  p += put(out, p, buf, r.statusStart, r.statusEnd);
+  p += text(out, p, CRLF);
   let run = -1;
   let runEnd = -1;
   for (let i = 0; i < r.count; i++) {
@@ -252,23 +281,23 @@ export function clientHead(r: ResponseHead, chunked: boolean, connection: number
     const kept = keepResponse(r, i, switching);
     const via = i === lastVia;
     if (via || !kept) {
-      if (run >= 0) { p += buf.copy(out, p, run, runEnd); run = -1; }
+      if (run >= 0) { p += put(out, p, buf, run, runEnd); run = -1; }
       if (!via) continue;
-      p += buf.copy(out, p, ls, L[i * 5 + 3]);
-      p += out.write(`, ${VIA}\r\n`, p, 'latin1');
+      p += put(out, p, buf, ls, L[i * 5 + 3]);
+      p += text(out, p, VIA_APPENDED);
       continue;
     }
     if (run < 0) run = ls;
-    else if (runEnd !== ls) { p += buf.copy(out, p, run, runEnd); run = ls; }
+    else if (runEnd !== ls) { p += put(out, p, buf, run, runEnd); run = ls; }
     runEnd = le;
   }
-  if (run >= 0) p += buf.copy(out, p, run, runEnd);
-  if (lastVia < 0) p += out.write(`Via: ${VIA}\r\n`, p, 'latin1');
-  if (chunked) p += out.write('Transfer-Encoding: chunked\r\n', p, 'latin1');
-  if (switching) p += out.write('Connection: upgrade\r\n', p, 'latin1');
-  else if (connection === CLIENT_CLOSE) p += out.write('Connection: close\r\n', p, 'latin1');
-  else if (connection === CLIENT_KEEP_10) p += out.write('Connection: keep-alive\r\n', p, 'latin1');
-  p += out.write(CRLF, p, 'latin1');
+  if (run >= 0) p += put(out, p, buf, run, runEnd);
+  if (lastVia < 0) p += text(out, p, VIA_LINE);
+  if (chunked) p += text(out, p, 'Transfer-Encoding: chunked\r\n');
+  if (switching) p += text(out, p, 'Connection: upgrade\r\n');
+  else if (connection === CLIENT_CLOSE) p += text(out, p, 'Connection: close\r\n');
+  else if (connection === CLIENT_KEEP_10) p += text(out, p, 'Connection: keep-alive\r\n');
+  p += text(out, p, CRLF);
   return p === size ? out : out.subarray(0, p);
 }
 
