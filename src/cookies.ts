@@ -68,7 +68,8 @@ export function sessionKeys(buf: Buffer, starts: ArrayLike<number>, ends: ArrayL
   for (let k = 0; k < lines; k++) bytes += ends[k] - starts[k];
   if (bytes > SEARCH_FIRST && !mentionsAny(buf, starts, ends, lines, names)) return '';
   if (found.length < count * 2) found = new Int32Array(count * 2);
-  found.fill(-1, 0, count * 2);
+  // A loop, not fill(): TypedArray#fill with a range is a call into V8's C++.
+  for (let n = 0; n < count * 2; n++) found[n] = -1;
   let any = false;
   for (let k = 0; k < lines; k++) {
     const end = ends[k];
