@@ -6,6 +6,7 @@ import { connect, type Socket } from 'node:net';
 import { FrameParser, Op, ProtocolError, type Frame } from './codec.ts';
 import type { Batch } from './batch.ts';
 import { MemcacheError } from './errors.ts';
+import { afterRead, readBuffer } from '../read-regions.ts';
 
 export interface ConnectionHost {
   readonly address: string;
@@ -47,12 +48,24 @@ export class Connection {
   open(): void {
     this.cancelReconnect();
     // Keepalive lets an idle connection through a dead path be noticed without traffic.
-    const s = connect({ host: this.server.host, port: this.server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+    // Replies are read into regions (read-regions.ts), as backend answers are: no buffer allocated per read.
+    const onread = {
+      buffer: readBuffer,
+      callback: (nread: number, buf: Uint8Array): boolean => {
+        const region = buf as Buffer;
+        try {
+          this.onData(s, nread === region.length ? region : region.subarray(0, nread));
+        } finally {
+          afterRead(nread, region);
+        }
+        return true;
+      },
+    };
+    const s = connect({ host: this.server.host, port: this.server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000, onread });
     this.socket = s;
     this.parser.reset();
     this.connectTimer = setTimeout(onConnectTimeout, this.server.connectTimeoutMs, s);
     s.once('connect', () => this.clearConnectTimer());
-    s.on('data', (chunk: Buffer) => this.onData(s, chunk));
     s.on('error', (err: NodeJS.ErrnoException) => this.lost(s, new MemcacheError('closed', err.message, this.server.address, undefined, err.code)));
     s.on('end', () => this.lost(s, new MemcacheError('closed', 'server closed the connection', this.server.address)));
     s.on('close', () => this.lost(s, new MemcacheError('closed', 'connection closed', this.server.address)));
