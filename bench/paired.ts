@@ -8,7 +8,7 @@
 // window) is steady to a few per cent. Two identical instances measure the
 // resolution: add the same config twice.
 //
-//   npm run bench:paired -- [--config LABEL=FLAGS]... [--against DIR] [--haproxy]
+//   npm run bench:paired -- [--config LABEL=FLAGS]... [--node-flags LABEL=FLAGS]... [--against DIR] [--haproxy]
 //                           [--scenario seed|storm] [--rate R] [--rounds N] [--seconds S] [--connections C]
 //
 // --rate: requests per second offered to each target (default 3000); the sum
@@ -18,6 +18,8 @@
 //   of the memcached this run starts. Every config runs with --threads 1 unless
 //   its flags say otherwise. Default: noaff=--no-affinity and
 //   memcached=--memcache MEMCACHED.
+// --node-flags LABEL=FLAGS: Node and V8 flags for that config instead of the
+//   start script's (`--max-semi-space-size=1 --optimize-for-size --liftoff-only`).
 // --against DIR: every config also runs from another checkout (a `git worktree`
 //   of the previous commit, say), labelled LABEL@base.
 // --haproxy: HAProxy's stick table, nbthread 1, loaded alongside (peers config).
@@ -39,6 +41,7 @@ import { ROOT, startProxy } from '../test/helpers/proxy.ts';
 const { values: a } = parseArgs({
   options: {
     config: { type: 'string', multiple: true, default: ['noaff=--no-affinity', 'memcached=--memcache MEMCACHED'] },
+    'node-flags': { type: 'string', multiple: true, default: [] },
     against: { type: 'string' },
     haproxy: { type: 'boolean', default: false },
     scenario: { type: 'string', default: 'seed' },
@@ -56,6 +59,12 @@ const configs = a.config.map((c) => {
   if (eq <= 0) throw new Error(`--config ${c}: expected LABEL=FLAGS`);
   return { label: c.slice(0, eq), flags: c.slice(eq + 1).split(/\s+/).filter((f) => f !== '') };
 });
+// --node-flags LABEL=FLAGS: that config runs under these Node and V8 flags instead of the start script's.
+const nodeFlags = new Map(a['node-flags'].map((c) => {
+  const eq = c.indexOf('=');
+  if (eq <= 0 || !configs.some((k) => k.label === c.slice(0, eq))) throw new Error(`--node-flags ${c}: expected LABEL=FLAGS for a --config LABEL`);
+  return [c.slice(0, eq), c.slice(eq + 1).split(/\s+/).filter((f) => f !== '')] as const;
+}));
 const trees = [{ root: ROOT, suffix: '' }, ...(a.against === undefined ? [] : [{ root: resolve(a.against), suffix: '@base' }])];
 
 const rep = stderrReporter();
@@ -80,7 +89,7 @@ try {
       const flags = c.flags.map((f) => (f === 'MEMCACHED' ? memcached!.address : f));
       const threads = flags.includes('--threads') ? [] : ['--threads', '1'];
       // Each target gets its own key prefix: they share one memcached.
-      const p = await startProxy([...backends, '--log-level', 'warn', '--key-prefix', `paired-${targets.length}:`, ...threads, ...flags], {}, t.root);
+      const p = await startProxy([...backends, '--log-level', 'warn', '--key-prefix', `paired-${targets.length}:`, ...threads, ...flags], {}, t.root, nodeFlags.get(c.label));
       track(p.proc);
       targets.push({ label: c.label + t.suffix, run: { port: Number(new URL(p.url).port), pids: () => [p.pid], stop: async () => { await p.stop(); } } });
     }

@@ -49,9 +49,12 @@ export class ProxyProcess {
   }
 }
 
-/** Starts `sticky-proxy --listen 127.0.0.1:0 ...args` and waits for its listening line; `root`: another checkout's (bench/paired.ts). */
-export async function startProxy(args: string[], env: NodeJS.ProcessEnv = {}, root = ROOT): Promise<ProxyProcess> {
-  const proc = spawn(process.execPath, [...NODE_FLAGS, join(root, 'bin/sticky-proxy.js'), '--listen', '127.0.0.1:0', ...args], {
+/**
+ * Starts `sticky-proxy --listen 127.0.0.1:0 ...args` and waits for its listening line; `root`: another
+ * checkout's, `nodeFlags`: other Node and V8 flags than the start script's (both for bench/paired.ts).
+ */
+export async function startProxy(args: string[], env: NodeJS.ProcessEnv = {}, root = ROOT, nodeFlags: readonly string[] = NODE_FLAGS): Promise<ProxyProcess> {
+  const proc = spawn(process.execPath, [...nodeFlags, join(root, 'bin/sticky-proxy.js'), '--listen', '127.0.0.1:0', ...args], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
