@@ -3,6 +3,7 @@
 // filling the proxy's memory.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -24,6 +25,22 @@ let written = 0; // bytes the origin has handed to its socket for the current do
 before(async () => {
   origin = await startOrigin('big', (req, res) => {
     const url = new URL(req.url!, 'http://x');
+    if (req.method === 'POST' && url.pathname === '/hash') {
+      // Read slowly, so the proxy's writes upstream back up: its digest says whether every byte came, in order.
+      const h = createHash('sha256');
+      let since = 0;
+      req.on('data', (d: Buffer) => {
+        h.update(d);
+        since += d.length;
+        if (since >= MiB) {
+          since = 0;
+          req.pause();
+          setTimeout(() => req.resume(), 5);
+        }
+      });
+      req.on('end', () => res.end(h.digest('hex')));
+      return;
+    }
     if (req.method === 'POST') {
       let n = 0;
       req.on('data', (d: Buffer) => { n += d.length; });
@@ -67,6 +84,43 @@ test('1 GiB down and 512 MiB up through the proxy, resident memory under 200 MiB
 
   const peak = proxy.peakRssMiB();
   assert.ok(peak < 200, `peak RSS ${peak.toFixed(1)} MiB`);
+});
+
+// Request body chunks are freed as soon as the backend's socket has taken them
+// (forward.ts, release): one freed too early would send other bytes, or none.
+test('uploads arrive whole and in order through a slow origin: fixed length, chunked, and a request pipelined after one', T, async () => {
+  const body = randomBytes(24 * MiB);
+  const digest = createHash('sha256').update(body).digest('hex');
+  const sock = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+  let got = '';
+  sock.setEncoding('latin1');
+  sock.on('data', (d: string) => { got += d; });
+  try {
+    await new Promise<void>((resolve) => sock.once('connect', resolve));
+    // Writes of uneven sizes, so the proxy's reads start and end anywhere in the body.
+    const send = async (b: Buffer): Promise<void> => {
+      for (let at = 0, n = 1; at < b.length; n = (n * 7919) % 300_001 + 1) {
+        const end = Math.min(b.length, at + n);
+        if (!sock.write(b.subarray(at, end))) await new Promise((resolve) => sock.once('drain', resolve));
+        at = end;
+      }
+    };
+    await send(Buffer.from(`POST /hash HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n`));
+    await send(body);
+    const chunked = [Buffer.from('POST /hash HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n')];
+    for (let at = 0; at < body.length; at += 3 * MiB + 17) {
+      const piece = body.subarray(at, Math.min(body.length, at + 3 * MiB + 17));
+      chunked.push(Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n'));
+    }
+    chunked.push(Buffer.from('0\r\n\r\n'));
+    // The last body bytes and the next request's head share writes.
+    await send(Buffer.concat([...chunked, Buffer.from('GET /?bytes=5 HTTP/1.1\r\nHost: x\r\n\r\n')]));
+    await waitFor(() => got.endsWith('xxxxx'), { what: 'three answers', timeoutMs: 60_000, intervalMs: 20 });
+    const digests = got.match(/\r\n\r\n[0-9a-f]{64}/g)?.map((m) => m.slice(4));
+    assert.deepEqual(digests, [digest, digest]);
+  } finally {
+    sock.destroy();
+  }
 });
 
 test('a client that stops reading holds the origin back; memory stays flat', T, async () => {
