@@ -111,6 +111,11 @@ export class ClientConnection implements Timed {
     return !this.socket.writableNeedDrain;
   }
 
+  /** Everything written so far is in the kernel's hands: no view of it is queued here. */
+  get flushed(): boolean {
+    return this.socket.writableLength === 0;
+  }
+
   /** True while no request is in flight (shutdown closes such connections at once). */
   get idle(): boolean {
     return (this.#state === HEAD || this.#state === PREAMBLE) && this.#rest === null;

@@ -22,6 +22,7 @@ import { BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE, ResponseHead, parseRe
 import { sessionSetCookies, setsCookie } from './learn.ts';
 import { CONTINUE, reply } from './replies.ts';
 import { rendezvous } from './balance.ts';
+import { freeRead } from './read-regions.ts';
 import { route, type Route, type Routed } from './route.ts';
 import { Tunnel } from './upgrade.ts';
 import type { PoolWaiter, UpstreamConnection } from './upstream.ts';
@@ -208,7 +209,8 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       this.#bodySent = true;
       const s = up.socket;
       if (!s.write(view)) this.client.bodyFlowing(false);
-      else if (s.writableLength === 0) release(view);
+      // Written whole: its read buffer is freed now, not at some later collection.
+      else if (s.writableLength === 0) freeRead(view);
     } else {
       (this.#pending ??= []).push(view);
       this.client.bodyFlowing(false);
@@ -248,16 +250,17 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
 
   // ----------------------------------------------------------------- response
 
-  upstreamData(chunk: Buffer): void {
-    if (this.done) return;
+  /** True when nothing of `chunk` is kept: what was not dropped is in the kernel's hands (its memory may be freed). */
+  upstreamData(chunk: Buffer): boolean {
+    if (this.done) return true;
     this.#resBytes += chunk.length;
     if (this.#res === RES_BODY) {
       this.#responseBody(chunk, 0, chunk.length);
-      return;
+      return this.#held === null && this.client.flushed;
     }
     if (this.#res !== RES_HEAD) {
       this.#reusable = false; // bytes past the response: the connection is not sound
-      return;
+      return true;
     }
     let buf = chunk;
     let base = 0; // where `chunk` starts within `buf`
@@ -272,11 +275,11 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       const r = parseResponseHead(RES, buf, start, buf.length);
       if (r === 0) {
         this.#resBuf = start === 0 ? buf : buf.subarray(start);
-        return;
+        return false;
       }
       if (r < 0) {
         this.#brokenResponse(RES.reason);
-        return;
+        return false;
       }
       if (RES.status >= 200) {
         start = r;
@@ -285,10 +288,10 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       if (RES.status === 101) {
         if (!this.req.upgrade) {
           this.#brokenResponse('101 to a request that asked no upgrade');
-          return;
+          return false;
         }
         this.#switchProtocols(buf, r);
-        return;
+        return false;
       }
       start = r; // other 1xx are news for this hop only
     }
@@ -303,6 +306,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       else this.#responseBody(buf, start, buf.length);
     }
     if (more) client.uncork();
+    return this.#held === null && client.flushed;
   }
 
   #responseHead(): void {
@@ -727,15 +731,3 @@ function firstKey(keys: string): string {
   return nl < 0 ? keys : keys.slice(0, nl);
 }
 
-/**
- * A request body chunk the kernel has taken is freed at once. Node reads a
- * client socket into a fresh ArrayBuffer per read, which V8 frees only when a
- * collection finds it dead; at 1 MiB uploads that is hundreds of MiB a second
- * of external memory, which V8 answers with full collections. Only a chunk
- * that is its whole ArrayBuffer (a read of its own, never a slice of Node's
- * Buffer pool) is detached; nothing else refers to it once written.
- */
-function release(view: Buffer): void {
-  const ab = view.buffer;
-  if (view.byteOffset === 0 && view.byteLength === ab.byteLength && ab instanceof ArrayBuffer) ab.transfer(0);
-}

@@ -28,9 +28,38 @@ export function readBuffer(): Buffer {
 
 /**
  * Call at the end of the `onread.callback` with what it was given: the rest of
- * `buf` becomes the socket's next read buffer, or a fresh region does.
+ * `buf` becomes the socket's next read buffer, or a fresh region does. True
+ * when `buf`'s region is used up: nothing will be read into it again.
  */
-export function afterRead(nread: number, buf: Buffer): void {
+export function afterRead(nread: number, buf: Buffer): boolean {
   const rest = buf.length - nread;
-  next = rest >= MIN_REST ? buf.subarray(nread) : Buffer.allocUnsafeSlow(rest === 0 ? LARGE : SMALL);
+  if (rest >= MIN_REST) {
+    next = buf.subarray(nread);
+    return false;
+  }
+  next = Buffer.allocUnsafeSlow(rest === 0 ? LARGE : SMALL);
+  return true;
+}
+
+// Freeing what was read, once it is written. V8 frees an ArrayBuffer's memory
+// only when a collection finds it dead, and reads of streamed bodies make
+// hundreds of MiB a second of it (1 MiB uploads or answers), which V8 answers
+// with full collections and the process's peak memory with growth. Detaching
+// the ArrayBuffer frees its memory at once. Only memory that nothing refers
+// to any more may be freed: the caller knows every byte of it was written (the
+// socket's write buffer is empty) and that no view of it is kept.
+
+/** Frees a used-up region (afterRead returned true) whose every read was written and dropped. */
+export function freeRegion(buf: Buffer): void {
+  (buf.buffer as ArrayBuffer).transfer(0);
+}
+
+/**
+ * Frees a buffer Node read into (a socket without `onread`: one ArrayBuffer per
+ * read) once it is written and dropped; a view that is not its whole
+ * ArrayBuffer (a slice of Node's Buffer pool, say) is left to the collector.
+ */
+export function freeRead(view: Buffer): void {
+  const ab = view.buffer;
+  if (view.byteOffset === 0 && view.byteLength === ab.byteLength && ab instanceof ArrayBuffer) ab.transfer(0);
 }

@@ -42,9 +42,11 @@ export class Tunnel implements ConnectionUser {
     if (!this.up.socket.write(chunk)) this.client.bodyFlowing(false);
   }
 
-  upstreamData(chunk: Buffer): void {
+  upstreamData(chunk: Buffer): boolean {
     this.backend.stats.bytesOut += chunk.length;
-    if (!this.client.write(chunk)) this.up.socket.pause();
+    if (this.client.write(chunk)) return this.client.flushed;
+    this.up.socket.pause();
+    return false;
   }
 
   upstreamDrained(): void {

@@ -6,7 +6,7 @@
 // --upstream-idle-timeout, below a backend's own keep-alive timeout.
 import { connect as netConnect, type Socket } from 'node:net';
 import type { Deadlines, Timed } from './deadlines.ts';
-import { afterRead, readBuffer } from './read-regions.ts';
+import { afterRead, freeRead, freeRegion, readBuffer } from './read-regions.ts';
 import { Histogram, QUEUE_BUCKETS } from './stats.ts';
 
 export interface UpstreamOptions {
@@ -23,7 +23,8 @@ export interface UpstreamOptions {
 
 /** Whoever uses an open connection: a request, or a tunnel after an upgrade. */
 export interface ConnectionUser {
-  upstreamData(chunk: Buffer): void;
+  /** True when nothing of `chunk` is kept (all of it was written, or dropped): its memory may be freed. */
+  upstreamData(chunk: Buffer): boolean;
   /** The backend half-closed (FIN). */
   upstreamEnd(): void;
   /** The socket closed while in use; `code` is its error's code, '' for a plain close. */
@@ -65,6 +66,8 @@ export class UpstreamConnection implements Timed {
   /** performance.now() when the connection was asked for, and when it was ready. */
   readonly openedAt: number;
   connectedAt = 0;
+  /** Some read of the socket's current region is still referred to (held, queued, or part of a head): it is left to the collector. */
+  regionKept = false;
   #code = '';
 
   constructor(pool: UpstreamPool, socket: Socket, opener: PoolWaiter, now: number) {
@@ -154,19 +157,33 @@ function onConnect(this: OwnedSocket): void {
   this.owner.connected();
 }
 
+/** True when nothing of `chunk` is kept. */
+function deliver(socket: OwnedSocket, chunk: Buffer): boolean {
+  const user = socket.owner.user;
+  if (user !== null) return user.upstreamData(chunk);
+  socket.destroy(); // bytes nobody asked for: the connection is not sound
+  return true;
+}
+
+/** A TLS socket's read: Node's own buffer, freed once written. */
 function onData(this: OwnedSocket, chunk: Buffer): void {
-  const c = this.owner;
-  if (c.user !== null) c.user.upstreamData(chunk);
-  else this.destroy(); // bytes nobody asked for: the connection is not sound
+  if (deliver(this, chunk)) freeRead(chunk);
 }
 
 /** A plain socket's read: buf[0, nread) is the data, a view that stays valid. */
 function onRead(this: OwnedSocket, nread: number, buf: Uint8Array): boolean {
   const region = buf as Buffer;
+  const c = this.owner;
+  let taken = false;
   try {
-    onData.call(this, nread === region.length ? region : region.subarray(0, nread));
+    taken = deliver(this, nread === region.length ? region : region.subarray(0, nread));
   } finally {
-    afterRead(nread, region);
+    if (!taken) c.regionKept = true;
+    // A used-up region whose every read was written is freed now.
+    if (afterRead(nread, region)) {
+      if (!c.regionKept) freeRegion(region);
+      c.regionKept = false;
+    }
   }
   return true;
 }

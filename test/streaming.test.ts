@@ -18,6 +18,7 @@ const T = { timeout: 90_000 };
 
 const MiB = 1024 * 1024;
 const chunk = Buffer.alloc(256 * 1024, 'x');
+const random = randomBytes(24 * MiB);
 let origin: Origin;
 let proxy: ProxyProcess;
 let written = 0; // bytes the origin has handed to its socket for the current download
@@ -45,6 +46,23 @@ before(async () => {
       let n = 0;
       req.on('data', (d: Buffer) => { n += d.length; });
       req.on('end', () => res.end(String(n)));
+      return;
+    }
+    if (url.pathname === '/random') {
+      // The test's random bytes, in writes of uneven sizes, with a fixed length or chunked.
+      const chunked = url.searchParams.has('chunked');
+      res.writeHead(200, chunked ? {} : { 'content-length': String(random.length) });
+      let at = 0;
+      const pump = (): void => {
+        while (at < random.length) {
+          const end = Math.min(random.length, at + 1 + ((at * 7919) % 200_000));
+          const ok = res.write(random.subarray(at, end));
+          at = end;
+          if (!ok) { res.once('drain', pump); return; }
+        }
+        res.end();
+      };
+      pump();
       return;
     }
     let left = Number(url.searchParams.get('bytes'));
@@ -122,6 +140,54 @@ test('uploads arrive whole and in order through a slow origin: fixed length, chu
     sock.destroy();
   }
 });
+
+// What a backend socket read into is freed once written (upstream.ts,
+// onRead): freed too early, the client would get other bytes.
+test('answers arrive whole and in order through clients that read in fits: fixed length, chunked, and de-chunked for HTTP/1.0, at once', T, async () => {
+  const digest = createHash('sha256').update(random).digest('hex');
+  // At once, so memory one answer gives back is soon read into for another.
+  await Promise.all(([['/random', '1.1'], ['/random?chunked', '1.1'], ['/random?chunked', '1.0']] as const).map(async ([target, version]) => {
+    const sock = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+    const parts: Buffer[] = [];
+    let fits = 0;
+    let ended = false;
+    sock.on('data', (d: Buffer) => {
+      parts.push(d);
+      // The client stops reading for a while at first and for moments later, so the proxy's writes back up.
+      if (++fits === 1 || fits % 50 === 0) {
+        sock.pause();
+        setTimeout(() => sock.resume(), fits === 1 ? 300 : 5);
+      }
+    });
+    sock.on('end', () => { ended = true; });
+    try {
+      // The proxy closes after the answer: its end is the connection's.
+      sock.write(`GET ${target} HTTP/${version}\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      await waitFor(() => ended, { what: `the answer to ${target} over HTTP/${version}`, timeoutMs: 60_000, intervalMs: 20 });
+      const all = Buffer.concat(parts);
+      const head = all.indexOf('\r\n\r\n');
+      const chunked = /transfer-encoding: chunked/i.test(all.toString('latin1', 0, head));
+      assert.equal(chunked, target.endsWith('chunked') && version === '1.1');
+      const body = chunked ? dechunk(all.subarray(head + 4)) : all.subarray(head + 4);
+      assert.equal(body.length, random.length, `${target} over HTTP/${version}: length`);
+      assert.equal(createHash('sha256').update(body).digest('hex'), digest, `${target} over HTTP/${version}: content`);
+    } finally {
+      sock.destroy();
+    }
+  }));
+});
+
+function dechunk(b: Buffer): Buffer {
+  const out: Buffer[] = [];
+  let at = 0;
+  for (;;) {
+    const eol = b.indexOf('\r\n', at);
+    const size = parseInt(b.toString('latin1', at, eol), 16);
+    if (size === 0) return Buffer.concat(out);
+    out.push(b.subarray(eol + 2, eol + 2 + size));
+    at = eol + 2 + size + 2;
+  }
+}
 
 test('a client that stops reading holds the origin back; memory stays flat', T, async () => {
   const size = 256 * MiB;
