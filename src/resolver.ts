@@ -111,14 +111,22 @@ export class Resolver {
     const sent = batch.learnSent[j];
     let learnt = '';
     let cleared = '';
-    // When one name is set by several Set-Cookie headers, the last one counts.
-    const last = new Map<string, SessionCookie>();
-    for (const value of batch.learnSetCookies[j]) {
-      // The loop sent only values that set one of its session cookies, by the names it has now (SIGHUP may change them).
-      const sc = sessionSetCookie(value, null, this.#rules, now);
-      if (sc !== null) last.set(sc.name, sc);
+    const values = batch.learnSetCookies[j];
+    // The loop sent only values that set one of its session cookies, by the names it has now (SIGHUP may change them).
+    let cookies: Iterable<SessionCookie>;
+    if (values.length === 1) {
+      const sc = sessionSetCookie(values[0], null, this.#rules, now);
+      cookies = sc === null ? [] : [sc];
+    } else {
+      // When one name is set by several Set-Cookie headers, the last one counts.
+      const last = new Map<string, SessionCookie>();
+      for (const value of values) {
+        const sc = sessionSetCookie(value, null, this.#rules, now);
+        if (sc !== null) last.set(sc.name, sc);
+      }
+      cookies = last.values();
     }
-    for (const sc of last.values()) {
+    for (const sc of cookies) {
       if (sc.ttl > 0) {
         const key = sessionKey(sc.name, sc.id);
         // A new id for the cookie the request was bound by: the app lost or rotated the session.

@@ -2,7 +2,7 @@
 // hash ring (ring.ts), and queues the operation on that server's open batch
 // (server.ts). Every returned promise settles within its deadline.
 import type { Hit } from './batch.ts';
-import { Op } from './codec.ts';
+import { Op, utf8Length } from './codec.ts';
 import { MemcacheError } from './errors.ts';
 import { isValidExptime } from './expiry.ts';
 import { memcacheKey, validatePrefix } from './keys.ts';
@@ -128,7 +128,7 @@ export class MemcacheClient {
     if (this.closeError !== null) return Promise.reject(this.closeError);
     if (!isValidExptime(exptime)) return Promise.reject(invalid('exptime', exptime));
     if (!Number.isInteger(flags) || flags < 0 || flags > 0xffffffff) return Promise.reject(invalid('flags', flags));
-    const len = typeof value === 'string' ? Buffer.byteLength(value) : value.length;
+    const len = typeof value === 'string' ? utf8Length(value) : value.length;
     const k = memcacheKey(this.prefix, key);
     return this.servers[this.ring.lookup(k)].set(k, value, len, exptime, flags);
   }

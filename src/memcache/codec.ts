@@ -133,9 +133,20 @@ export function encodeStore(
   put32(buf, p, flags);
   put32(buf, p + 4, exptime);
   p = putKey(buf, p + 8, key);
-  if (typeof value === 'string') buf.write(value, p, valueLen, 'utf8');
-  else value.copy(buf, p);
+  // An ASCII string (a backend name) is one byte per char: the loop again, not a native write.
+  if (typeof value === 'string') {
+    if (valueLen === value.length) putKey(buf, p, value);
+    else buf.write(value, p, valueLen, 'utf8');
+  } else {
+    value.copy(buf, p);
+  }
   return p + valueLen;
+}
+
+/** UTF-8 bytes of `s`: counted here for ASCII (backend names), natively otherwise. */
+export function utf8Length(s: string): number {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return Buffer.byteLength(s, 'utf8');
+  return s.length;
 }
 
 export function encodeNoop(buf: Buffer, off: number, opaque: number): number {
