@@ -2,6 +2,7 @@
 // (the process's, across every loop; beyond it a 503 instead of a silent
 // drop), and a ClientConnection for each connection let in. Half-open connections are allowed so a client that sends
 // its request and then shuts down its side still gets the answer.
+import { Buffer } from 'node:buffer';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import type { SecureContext, Server as TlsServer } from 'node:tls';
 import { ClientConnection } from './client.ts';

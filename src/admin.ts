@@ -3,6 +3,7 @@
 // loopback unless told otherwise; with --admin-token, everything but the
 // probes needs the bearer token. A bad request gets its 4xx and never reaches
 // past its own handler: one bad admin request must not take traffic down.
+import { Buffer } from 'node:buffer';
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AdminState, Backend, BackendSet } from './backends.ts';
 import { MAX_WEIGHT } from './flags.ts';

@@ -4,6 +4,8 @@
 // answer is complete (reading stops once READ_AHEAD bytes wait). Malformed
 // heads get their 4xx and a close, after the answers of the requests before
 // them. Its handlers are methods reached through the socket, not closures.
+import { Buffer } from 'node:buffer';
+import { performance } from 'node:perf_hooks';
 import type { Socket } from 'node:net';
 import type { ProxyContext } from './context.ts';
 import { sessionKeys } from './cookies.ts';

@@ -4,6 +4,7 @@
 // exactly as on the wire (no URL-decoding), and split and trimmed the same
 // way on both sides, so the id read from a request matches the id learnt from
 // a response byte for byte.
+import { Buffer } from 'node:buffer';
 import { parseSetCookie } from 'cookie';
 
 const RAW = { decode: (s: string) => s };

@@ -2,6 +2,7 @@
 // and backend connections, a backend's wait queue) keeps its own deadline in
 // a field, and one interval per event loop expires what is due. Setting a
 // deadline is then a field write; the price is a resolution of `tickMs`.
+import { performance } from 'node:perf_hooks';
 
 export interface Timed {
   /** performance.now() at which expire() is due; Infinity when nothing is. */

@@ -10,6 +10,8 @@
 // Bodies flow both ways with backpressure: a full client pauses the backend's
 // socket, a full backend pauses the client's. Failures before any response
 // byte may be retried on another backend; after one, the client sees a cut.
+import { Buffer } from 'node:buffer';
+import { performance } from 'node:perf_hooks';
 import type { LearnWaiter, LookupWaiter } from './affinity.ts';
 import type { Backend } from './backends.ts';
 import type { LookupOutcome } from './batch.ts';

@@ -5,6 +5,7 @@
 // are dropped both ways; framing is written by the proxy itself; the
 // forwarding headers (X-Forwarded-For/-Proto/-Host, Via, Forwarded) and the
 // request id are added. Each head is built in one Buffer.
+import { Buffer } from 'node:buffer';
 import {
   ABSOLUTE_FORM, K_CONNECTION, K_CONTENT_LENGTH, K_COOKIE, K_DROP, K_EXPECT, K_FORWARDED, K_HOST, K_OTHER,
   K_TRANSFER_ENCODING, K_UPGRADE, K_USER_AGENT, K_VIA, K_X_FORWARDED_FOR, type RequestHead,

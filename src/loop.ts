@@ -5,6 +5,8 @@
 // memory (shared.ts, the near cache, the embedded store). The first loop is
 // the process's main thread; the others run the same code in worker threads
 // (workers/loop.ts).
+import { Buffer } from 'node:buffer';
+import { performance } from 'node:perf_hooks';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Piscina } from 'piscina';

@@ -9,6 +9,7 @@
 // region is the socket's next read buffer. A read that filled its buffer is a
 // stream in flight, whose next region is large; others get a small one, so an
 // idle kept-alive socket pins little.
+import { Buffer } from 'node:buffer';
 
 const SMALL = 16 * 1024;
 const LARGE = 64 * 1024;

@@ -1,6 +1,7 @@
 // The proxy's own answers (4xx for malformed or slow requests, 502/503/504
 // when no backend can answer), written by this module alone. Each is a
 // complete HTTP/1.1 message built once and reused.
+import { Buffer } from 'node:buffer';
 
 const REASONS: Record<number, string> = {
   200: 'OK',

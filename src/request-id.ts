@@ -3,6 +3,7 @@
 // once) and the loop's counter. They must be unique, not secret, so
 // Math.random (seeded per thread from the OS's entropy by V8) draws the
 // prefix: node:crypto would cost some 3 MiB per thread for ten bytes.
+import { Buffer } from 'node:buffer';
 
 const HEX = '0123456789abcdef';
 const COUNTER_DIGITS = 12;

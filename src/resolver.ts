@@ -1,6 +1,7 @@
 // Runs one affinity batch against the store: the part of the request path that
 // the worker threads own (or the event loop itself, with --workers 0). It looks
 // bindings up, parses what responses' Set-Cookie headers teach, and applies it.
+import { performance } from 'node:perf_hooks';
 import { HIT, MISS, STORE_FAILED, type AffinityAnswer, type AffinityBatch, type ResolverSettings } from './batch.ts';
 import { sessionKey, sessionSetCookie, type SessionCookie, type TtlRules } from './cookies.ts';
 import type { AffinityStore } from './store/store.ts';

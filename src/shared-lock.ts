@@ -1,6 +1,7 @@
 // A spin lock in a SharedArrayBuffer word that a dying thread cannot leave
 // held for ever: the tables shared by every thread of the process (the
 // embedded store, the near cache) take one per bucket.
+import { performance } from 'node:perf_hooks';
 import { threadId } from 'node:worker_threads';
 
 // Lock words hold 0 or a token unique to one acquisition (a tag for this

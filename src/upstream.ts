@@ -4,6 +4,7 @@
 // a 503. A socket goes back to the pool only after its response was read
 // completely (the request's owner decides), and idle sockets close after
 // --upstream-idle-timeout, below a backend's own keep-alive timeout.
+import { performance } from 'node:perf_hooks';
 import { connect as netConnect, type Socket } from 'node:net';
 import type { Deadlines, Timed } from './deadlines.ts';
 import { afterRead, freeRead, freeRegion, readBuffer } from './read-regions.ts';

@@ -7,6 +7,7 @@
 // Parsing is synchronous and finishes before the next connection's turn, so
 // one module-level RequestHead holds the result; the caller takes what it
 // needs (it builds the upstream head at once) before parsing again.
+import { Buffer } from 'node:buffer';
 import { COLON, CR, HTAB, LF, SP, TARGET, TOKEN, VALUE, ascii, hasTab, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 /** Header kinds the proxy acts on. */

@@ -2,6 +2,7 @@
 // on (framing, Connection, Set-Cookie, Via), as offsets into the received
 // bytes. Backends are trusted to name themselves, not to frame correctly: a
 // head that is malformed, or whose framing is ambiguous, is refused (502).
+import { Buffer } from 'node:buffer';
 import { COLON, CR, HTAB, LF, SP, TOKEN, VALUE, hasTab, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 export const R_OTHER = 0;

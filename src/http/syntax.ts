@@ -1,5 +1,6 @@
 // Byte classes of HTTP/1.1 (RFC 9110 section 5.6, RFC 9112), as lookup tables
 // so the parsers test a byte with one indexed load.
+import { Buffer } from 'node:buffer';
 
 /** tchar: the bytes of a token (method, header name, chunk extension name). */
 export const TOKEN = new Uint8Array(256);

@@ -3,6 +3,8 @@
 // finds its op by subtraction (mod 2^32) instead of a map lookup. memcached
 // answers in order, so once the NOOP's reply arrives every quiet op that has
 // not answered is known: a read missed, a write succeeded.
+import { Buffer } from 'node:buffer';
+import { performance } from 'node:perf_hooks';
 import { HEADER_SIZE, Status, encodeNoop, get32, statusName, type Frame } from './codec.ts';
 import type { Connection } from './connection.ts';
 import { MemcacheError } from './errors.ts';

@@ -1,6 +1,7 @@
 // memcached binary protocol: the 24-byte header, request encoders that write
 // straight into a caller-owned buffer, and an incremental response parser.
 // Layout and codes follow memcached's doc/protocol-binary.txt.
+import { Buffer } from 'node:buffer';
 
 export const HEADER_SIZE = 24;
 export const MAGIC_REQUEST = 0x80;

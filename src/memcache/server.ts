@@ -4,6 +4,8 @@
 // failures it is marked down, its operations fail fast, and a probe (a fresh
 // connection that must answer a NOOP) runs every `probeIntervalMs` until one
 // succeeds. Those state changes are reported to `onState`, if set.
+import { Buffer } from 'node:buffer';
+import { performance } from 'node:perf_hooks';
 import { Batch, KIND_DELETE, KIND_GET, KIND_SET, KIND_TOUCH, type BatchHost, type Hit } from './batch.ts';
 import { HEADER_SIZE, Op, encodeKeyOnly, encodeNoop, encodeStore, encodeTouch } from './codec.ts';
 import { Connection, type ConnectionHost } from './connection.ts';
