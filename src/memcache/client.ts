@@ -103,6 +103,12 @@ export class MemcacheClient {
     return this.servers[this.ring.lookup(memcacheKey(this.prefix, key))].isDown;
   }
 
+  /** Every server is down: no operation can succeed now. */
+  get allDown(): boolean {
+    for (const s of this.servers) if (!s.isDown) return false;
+    return true;
+  }
+
   /** Sends each server that is up a NOOP (see Server.ping): silence counts toward marking it down. */
   ping(): void {
     if (this.closeError === null) for (const s of this.servers) s.ping();

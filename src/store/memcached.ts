@@ -105,18 +105,29 @@ export class MemcachedStore implements AffinityStore {
     }
     this.#queue.push({ key, backend, ttl, sliding, at: Date.now() });
     this.#counters?.queued(backend !== '', again);
-    this.#retryTimer ??= setTimeout(() => this.#replay(), RETRY_MS);
+    this.#retryTimer ??= setTimeout(this.#replayNow, RETRY_MS);
     return true;
   }
 
   #replay(): void {
     this.#retryTimer = undefined;
+    // A write whose server is still down would only fail again, a promise and
+    // a rejection each: at --learn-queue's 10,000 that stalled the loop for
+    // 10-20 ms four times a second. It waits in the queue, untouched.
+    if (this.client.allDown) {
+      this.#retryTimer = setTimeout(this.#replayNow, RETRY_MS);
+      return;
+    }
     const queue = this.#queue;
     this.#queue = [];
     const now = Date.now();
     // A replayed write stays pending until memcached answers it, so the
     // outage report (store/watch.ts) waits for the answers it counts.
     for (const p of queue) {
+      if (this.client.isDown(p.key)) {
+        this.#queue.push(p);
+        continue;
+      }
       if (p.backend === '') {
         this.client.delete(p.key).then(this.#settled, (err: unknown) => this.#failedAgain(err, p.key, '', 0, false));
         continue;
@@ -130,7 +141,10 @@ export class MemcachedStore implements AffinityStore {
       }
       this.client.set(p.key, p.backend, exptimeForTtl(ttl), p.sliding ? ttl : 0).then(this.#written, (err: unknown) => this.#failedAgain(err, p.key, p.backend, ttl, p.sliding));
     }
+    if (this.#queue.length > 0) this.#retryTimer ??= setTimeout(this.#replayNow, RETRY_MS);
   }
+
+  readonly #replayNow = (): void => this.#replay();
 
   readonly #written = (): void => {
     this.#counters?.written();

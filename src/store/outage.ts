@@ -8,7 +8,8 @@ const QUEUED = 0;  // learns queued (a replay that fails again is not counted tw
 const WRITTEN = 1; // queued learns written later
 const DROPPED = 2; // queued writes dropped: queue full, expired in it, or refused on replay
 const PENDING = 3; // writes (learns and unbinds) in every store's queue now
-const WORDS = 4;
+const RETRIED = 4; // queued learns sent again and failed again (memcached still not taking them)
+const WORDS = 5;
 
 /** The memory to share between the watch and every store. */
 export function outageCountersMemory(): SharedArrayBuffer {
@@ -20,6 +21,7 @@ export interface OutageCounts {
   queued: number;
   written: number;
   dropped: number;
+  retried: number;
 }
 
 export class OutageCounters {
@@ -31,7 +33,7 @@ export class OutageCounters {
 
   /** A write joined a store's queue; `learn` for a set, not an unbind; `again` for a replay's retry. */
   queued(learn: boolean, again: boolean): void {
-    if (learn && !again) Atomics.add(this.#w, QUEUED, 1);
+    if (learn) Atomics.add(this.#w, again ? RETRIED : QUEUED, 1);
     Atomics.add(this.#w, PENDING, 1);
   }
 
@@ -53,12 +55,15 @@ export class OutageCounters {
   }
 
   snapshot(): OutageCounts {
-    return { queued: Atomics.load(this.#w, QUEUED), written: Atomics.load(this.#w, WRITTEN), dropped: Atomics.load(this.#w, DROPPED) };
+    return { queued: Atomics.load(this.#w, QUEUED), written: Atomics.load(this.#w, WRITTEN), dropped: Atomics.load(this.#w, DROPPED), retried: Atomics.load(this.#w, RETRIED) };
   }
 
   /** What happened since `base` (a snapshot). */
   since(base: OutageCounts): OutageCounts {
     const now = this.snapshot();
-    return { queued: (now.queued - base.queued) | 0, written: (now.written - base.written) | 0, dropped: (now.dropped - base.dropped) | 0 };
+    return {
+      queued: (now.queued - base.queued) | 0, written: (now.written - base.written) | 0,
+      dropped: (now.dropped - base.dropped) | 0, retried: (now.retried - base.retried) | 0,
+    };
   }
 }

@@ -147,7 +147,7 @@ export class StoreWatch {
       this.#base = this.#counters.snapshot();
       // Still degraded: what comes next is counted from here.
       this.#outage = this.#state === 'up' ? null : { since: outage.since, base: this.#base, backAt: 0 };
-      this.#log.warn({ learnsQueued: c.queued, learnsWritten: c.written, dropped: c.dropped, stillQueued: pending }, 'affinity store: learns queued during the outage written');
+      this.#log.warn({ learnsQueued: c.queued, learnsWritten: c.written, learnsRetried: c.retried, dropped: c.dropped, stillQueued: pending }, 'affinity store: learns queued during the outage written');
     }, DRAIN_CHECK_MS);
     this.#drainTimer.unref();
   }
