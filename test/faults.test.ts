@@ -13,7 +13,8 @@ import { freePort, inspect, startMemcached, type Memcached } from './helpers/mem
 import { startOrigin, startOriginProcess, backendFlags, type Origin, type OriginHandler } from './helpers/origins.ts';
 import { get, startProxy, type ProxyProcess } from './helpers/proxy.ts';
 import { backendsBySession, load, type Shot } from './helpers/load.ts';
-import { waitFor } from './helpers/wait.ts';
+import { waitFor, waitForLine } from './helpers/wait.ts';
+import { MemcacheClient } from '../src/memcache/client.ts';
 
 // A hang fails its test instead of the whole file.
 const T = { timeout: 30_000 };
@@ -113,6 +114,39 @@ test('memcached killed with kill -9 under load, then restarted: no failed reques
     await proxy.stop();
     await other.stop();
     await m.stop();
+  }
+});
+
+test('two memcached servers down, then one back: the learns queued for it are written, those for the other wait untouched until it is back too', T, async () => {
+  const [a, b] = [await startMemcached(), await startMemcached()];
+  const proxy = await startProxy([...backendFlags(origins), '--memcache', `${a.address},${b.address}`, '--threads', '1']);
+  // Where each key lives, as the proxy's client places it (the same ring, the same default prefix).
+  const ring = new MemcacheClient({ servers: [a.address, b.address], keyPrefix: 'sp:' });
+  try {
+    await a.kill();
+    await b.kill();
+    await waitForLine(proxy.output, (l) => l.includes('"msg":"affinity store down"'), { what: 'the store down' });
+    const owners = await learnSessions(proxy.url, 'split', 16);
+    const on = (m: Memcached): number[] => owners.flatMap((_, i) => (ring.serverFor(`PHPSESSID:split${i}`) === m.address ? [i] : []));
+    assert.ok(on(a).length > 0 && on(b).length > 0, 'learns for both servers');
+    await a.start();
+    for (const i of on(a)) {
+      await waitFor(async () => (await inspect(a.port, `sp:PHPSESSID:split${i}`))?.value === owners[i], { what: `split${i} written to the server back`, timeoutMs: 8000 });
+    }
+    await sleep(1000); // the scenario: b stays down while a serves
+    await b.start();
+    for (const i of on(b)) {
+      await waitFor(async () => (await inspect(b.port, `sp:PHPSESSID:split${i}`))?.value === owners[i], { what: `split${i} written once its server is back`, timeoutMs: 8000 });
+    }
+    const line = await waitForLine(proxy.output, (l) => l.includes('"msg":"affinity store: learns queued during the outage written"'), { what: 'the outage report' });
+    const report = JSON.parse(line) as Record<string, number>;
+    // Re-sent every 250 ms, b's learns would have failed again some four times each in that second.
+    assert.ok(report.learnsQueued === owners.length && report.learnsRetried <= report.learnsQueued, line);
+  } finally {
+    await ring.close();
+    await proxy.stop();
+    await a.stop();
+    await b.stop();
   }
 });
 

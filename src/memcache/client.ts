@@ -103,6 +103,15 @@ export class MemcacheClient {
     return this.servers[this.ring.lookup(memcacheKey(this.prefix, key))].isDown;
   }
 
+  /** The index of the server that holds `key`, for isServerDown(): one hash, kept by a caller that asks again and again. */
+  serverIndex(key: string): number {
+    return this.ring.lookup(memcacheKey(this.prefix, key));
+  }
+
+  isServerDown(index: number): boolean {
+    return this.servers[index].isDown;
+  }
+
   /** Every server is down: no operation can succeed now. */
   get allDown(): boolean {
     for (const s of this.servers) if (!s.isDown) return false;

@@ -31,6 +31,8 @@ interface Pending {
   ttl: number;
   sliding: boolean;
   at: number;
+  /** The client's index of the server holding the key. */
+  server: number;
 }
 
 export function memcachedDescription(servers: string[], keyPrefix: string): string {
@@ -103,7 +105,7 @@ export class MemcachedStore implements AffinityStore {
       this.#drop(1);
       return true;
     }
-    this.#queue.push({ key, backend, ttl, sliding, at: Date.now() });
+    this.#queue.push({ key, backend, ttl, sliding, at: Date.now(), server: this.client.serverIndex(key) });
     this.#counters?.queued(backend !== '', again);
     this.#retryTimer ??= setTimeout(this.#replayNow, RETRY_MS);
     return true;
@@ -124,7 +126,7 @@ export class MemcachedStore implements AffinityStore {
     // A replayed write stays pending until memcached answers it, so the
     // outage report (store/watch.ts) waits for the answers it counts.
     for (const p of queue) {
-      if (this.client.isDown(p.key)) {
+      if (this.client.isServerDown(p.server)) {
         this.#queue.push(p);
         continue;
       }
