@@ -258,7 +258,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     this.#resBytes += chunk.length;
     if (this.#res === RES_BODY) {
       this.#responseBody(chunk, 0, chunk.length);
-      return this.#held === null && this.client.flushed;
+      return this.#nothingKept();
     }
     if (this.#res !== RES_HEAD) {
       this.#reusable = false; // bytes past the response: the connection is not sound
@@ -308,7 +308,12 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       else this.#responseBody(buf, start, buf.length);
     }
     if (more) client.uncork();
-    return this.#held === null && client.flushed;
+    return this.#nothingKept();
+  }
+
+  /** No view of what the backend sent is held for a learn or queued for the client. */
+  #nothingKept(): boolean {
+    return this.#held === null && this.client.flushed;
   }
 
   #responseHead(): void {
@@ -732,4 +737,3 @@ function firstKey(keys: string): string {
   const nl = keys.indexOf('\n');
   return nl < 0 ? keys : keys.slice(0, nl);
 }
-

@@ -100,7 +100,7 @@ export class MemcacheClient {
 
   /** Whether the server holding `key` is currently marked down. */
   isDown(key: string): boolean {
-    return this.servers[this.ring.lookup(memcacheKey(this.prefix, key))].isDown;
+    return this.isServerDown(this.serverIndex(key));
   }
 
   /** The index of the server that holds `key`, for isServerDown(): one hash, kept by a caller that asks again and again. */

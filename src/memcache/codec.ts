@@ -97,10 +97,11 @@ export function writeHeader(
 }
 
 /**
- * Keys reaching the encoders are already printable ASCII (see keys.ts): one
- * byte per char. A JS loop beats a native write call for keys this short.
+ * A string of one byte per char (keys reaching the encoders are printable
+ * ASCII, see keys.ts; so are backend names). A JS loop beats a native write
+ * call for strings this short.
  */
-function putKey(buf: Buffer, off: number, key: string): number {
+function putLatin1(buf: Buffer, off: number, key: string): number {
   const n = key.length;
   for (let i = 0; i < n; i++) buf[off + i] = key.charCodeAt(i);
   return off + n;
@@ -110,7 +111,7 @@ function putKey(buf: Buffer, off: number, key: string): number {
 export function encodeKeyOnly(buf: Buffer, off: number, opcode: number, opaque: number, key: string): number {
   const keyLen = key.length;
   writeHeader(buf, off, MAGIC_REQUEST, opcode, keyLen, 0, 0, keyLen, opaque);
-  return putKey(buf, off + HEADER_SIZE, key);
+  return putLatin1(buf, off + HEADER_SIZE, key);
 }
 
 /** TOUCH/GAT/GATK/GATKQ: header + 4-byte expiration + key. */
@@ -120,7 +121,7 @@ export function encodeTouch(
   const keyLen = key.length;
   writeHeader(buf, off, MAGIC_REQUEST, opcode, keyLen, 4, 0, keyLen + 4, opaque);
   put32(buf, off + HEADER_SIZE, exptime);
-  return putKey(buf, off + HEADER_SIZE + 4, key);
+  return putLatin1(buf, off + HEADER_SIZE + 4, key);
 }
 
 /** SET/SETQ: header + flags + expiration + key + value. `valueLen` is the value's byte length. */
@@ -133,10 +134,10 @@ export function encodeStore(
   let p = off + HEADER_SIZE;
   put32(buf, p, flags);
   put32(buf, p + 4, exptime);
-  p = putKey(buf, p + 8, key);
-  // An ASCII string (a backend name) is one byte per char: the loop again, not a native write.
+  p = putLatin1(buf, p + 8, key);
+  // An ASCII string (a backend name) is one byte per char, as keys are.
   if (typeof value === 'string') {
-    if (valueLen === value.length) putKey(buf, p, value);
+    if (valueLen === value.length) putLatin1(buf, p, value);
     else buf.write(value, p, valueLen, 'utf8');
   } else {
     value.copy(buf, p);
