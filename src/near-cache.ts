@@ -8,51 +8,81 @@
 // stale-if-error does, or when memcached lost the binding.
 //
 // Layout: lock words (one per bucket, src/shared-lock.ts), then buckets of
-// BUCKET_BYTES, each starting on a cache line, so a lookup reads one bucket's
-// header line and then only the way whose tag matches, all within one or two
-// pages. A bucket's header holds, for each of its WAYS ways, 32-bit words:
-//   tag: a second hash of the key, odd (0 marks a free way)
-//   key length (Latin-1 bytes, at most KEY_BYTES; longer keys are not kept)
+// BUCKET_BYTES, each starting on a cache line. A way keeps the key's 64-bit
+// fingerprint, not the key: two independent 32-bit hashes computed in one
+// pass (the first also picks the bucket). The table is then 48 bytes an entry
+// where it was 176 with the key's bytes (3 MiB against 11.5 MiB at the
+// default 65,536 entries, all of it resident once sessions fill it), and a
+// lookup reads two cache lines and compares no bytes. Two keys that share a
+// fingerprint would share a binding: with 63 bits compared (the tag's low bit
+// is spent on marking a way used), a lookup meets that odds of about 2^-61
+// against the four ways of its bucket. memcached, which keeps the whole key,
+// stays the truth; a wrong answer from here would route one session's
+// requests, for at most the fresh lifetime, where another's go.
+//
+// A bucket's first line holds, for each of its WAYS ways, 32-bit words:
+//   tag: from the first hash, odd (0 marks a free way)
+//   fingerprint: the second hash
 //   backend: its slot in the process's backend registry
-//   seal: the key's hash folded with the three words above, written last, so
+//   seal: the first hash folded with the three words above, written last, so
 //     a way torn by a thread that died mid-write, or read while it is being
 //     written, reads as free
-// then each way: three doubles (fresh until, remembered until, and when an
-// adoption of the key may next be written; Date.now() milliseconds) and the
-// key's bytes.
+// then, per way, three doubles (fresh until, remembered until, and when an
+// adoption of the key may next be written; Date.now() milliseconds).
 //
 // Writers lock the bucket (src/shared-lock.ts); readers do not. A read checks
 // the way's seal against what it read, so one that races a write sees the
 // old binding, the new one, or none (a miss, which asks memcached): never a
-// mix. The key's own hash, needed to find the bucket, is the seal's start, so
-// the check costs three steps once the key bytes compared equal.
-import { fmix32, fnv1a, fnvStep } from './hash.ts';
+// mix.
+import { fmix32, fnvStep, FNV_OFFSET } from './hash.ts';
 import { lock, unlock } from './shared-lock.ts';
 
 const WAYS = 4;
-const KEY_BYTES = 128;
 const LINE = 64;
 // Header words, each a run of WAYS (one per way).
 const TAG = 0;
-const KEY_LEN = WAYS;
+const PRINT = WAYS;
 const BACKEND = 2 * WAYS;
 const SEAL = 3 * WAYS;
-// A way: its three times (doubles), then its key.
+// A way's three times (doubles), after the header line.
 const FRESH = 0;
 const UNTIL = 1;
 const ADOPT = 2;
-const KEY = 24;
-const WAY_BYTES = 160; // KEY + KEY_BYTES, rounded up to keep the doubles 8-byte aligned
-const BUCKET_BYTES = LINE + WAYS * WAY_BYTES; // 11 cache lines
+const WAY_BYTES = 24;
+const BUCKET_BYTES = 3 * LINE; // the header line, 96 bytes of times, padding to a line
 
-/** The way tag: independent of the bucket index (both come from one FNV-1a hash), odd, signed as Int32Array holds it. */
+// The second hash: FNV-1a's step with another odd multiplier and offset, in
+// the same loop as the first, finished with fmix32. Independent enough of
+// the first for keys that are random ids; neither is a secret, and a forged
+// collision needs the victim's session id, which is worth more than a
+// misroute.
+const PRINT_PRIME = 0x2c1b3c6d;
+const PRINT_OFFSET = 0x297a2d39;
+
+// The last key hashed, by hashKey (no object per lookup).
+let h1 = 0;
+let h2 = 0;
+
+function hashKey(key: string): void {
+  let a = FNV_OFFSET | 0;
+  let b = PRINT_OFFSET;
+  for (let i = 0; i < key.length; i++) {
+    const c = key.charCodeAt(i);
+    a = fnvStep(a, c);
+    b = Math.imul(b ^ c, PRINT_PRIME);
+  }
+  h1 = a >>> 0;
+  h2 = fmix32(b) | 0;
+}
+
+/** The way tag: independent of the bucket index (both come from the first hash), odd, signed as Int32Array holds it. */
 function tagOf(h: number): number {
   return fmix32(h ^ 0x9e3779b9) | 1;
 }
 
-/** The seal of a way holding a key of hash `h` (fnv1a) and length `length`, with `tag` and backend `ref`. */
-function sealOf(h: number, tag: number, length: number, ref: number): number {
-  return fmix32(fnvStep(fnvStep(fnvStep(h, tag), length), ref)) | 0;
+/** The seal of a way holding a key of first hash `h`, with `tag`, fingerprint `print` and backend `ref`. */
+function sealOf(h: number, tag: number, print: number, ref: number): number {
+  return fmix32(fnvStep(fnvStep(fnvStep(h, tag), print), ref)) | 0;
 }
 
 function buckets(entries: number): number {
@@ -81,7 +111,6 @@ export interface BackendSlots {
 export class NearCache {
   readonly #locks: Int32Array;
   readonly #words: Int32Array;
-  readonly #bytes: Uint8Array;
   readonly #times: Float64Array;
   readonly #base: number;
   readonly #mask: number;
@@ -100,7 +129,6 @@ export class NearCache {
     this.#base = bucketsAt(b);
     const end = this.#base + b * BUCKET_BYTES;
     this.#words = new Int32Array(memory, 0, end / 4);
-    this.#bytes = new Uint8Array(memory, 0, end);
     this.#times = new Float64Array(memory, 0, end / 8);
     this.#mask = b - 1;
     this.#freshMs = freshMs;
@@ -110,10 +138,10 @@ export class NearCache {
 
   /** True when `key` is remembered at `now`; the answer is in backend, freshUntil, adoptAfter. */
   get(key: string, now: number): boolean {
-    if (key.length > KEY_BYTES) return false;
-    const h = fnv1a(key);
+    hashKey(key);
+    const h = h1;
     const at = this.#base + (fmix32(h) & this.#mask) * BUCKET_BYTES;
-    const w = this.#find(at, tagOf(h), key, h);
+    const w = this.#find(at, tagOf(h), h2, h);
     if (w < 0) return false;
     const hw = at / 4 + w;
     const t = (at + LINE + w * WAY_BYTES) / 8;
@@ -122,7 +150,7 @@ export class NearCache {
     const freshUntil = this.#times[t + FRESH];
     const adoptAfter = this.#times[t + ADOPT];
     // Checked again: a writer may have reused the way since #find checked it.
-    if (!(this.#times[t + UNTIL] > now) || words[hw + SEAL] !== sealOf(h, words[hw + TAG], key.length, backend)) return false;
+    if (!(this.#times[t + UNTIL] > now) || words[hw + SEAL] !== sealOf(h, words[hw + TAG], words[hw + PRINT], backend)) return false;
     this.freshUntil = freshUntil;
     this.adoptAfter = adoptAfter;
     this.backend = this.#backends.nameOf(backend);
@@ -132,57 +160,52 @@ export class NearCache {
   /** Remembers that `key` is bound to `backend`, fresh from `now`; `adoptAfter` 0 keeps the entry's own. */
   set(key: string, backend: string, now: number, adoptAfter = 0): void {
     const ref = this.#backends.slotOf(backend);
-    if (key.length > KEY_BYTES || ref < 0) return;
-    const h = fnv1a(key);
+    if (ref < 0) return;
+    hashKey(key);
+    const h = h1;
+    const print = h2;
     const tag = tagOf(h);
     const bucket = fmix32(h) & this.#mask;
     const at = this.#base + bucket * BUCKET_BYTES;
     const words = this.#words;
     const times = this.#times;
     const token = lock(this.#locks, bucket);
-    let w = this.#find(at, tag, key, h);
+    let w = this.#find(at, tag, print, h);
     const fresh = w < 0;
     if (fresh) w = this.#victim(at, now);
     const hw = at / 4 + w;
-    const way = at + LINE + w * WAY_BYTES;
-    const t = way / 8;
+    const t = (at + LINE + w * WAY_BYTES) / 8;
     // A reader racing this write fails the seal check until the seal, last, is written.
     Atomics.store(words, hw + SEAL, 0);
     words[hw + TAG] = tag;
-    words[hw + KEY_LEN] = key.length;
+    words[hw + PRINT] = print;
     words[hw + BACKEND] = ref;
-    const k = way + KEY;
-    for (let i = 0; i < key.length; i++) this.#bytes[k + i] = key.charCodeAt(i);
     times[t + FRESH] = now + this.#freshMs;
     times[t + UNTIL] = now + this.#rememberMs;
     if (adoptAfter > 0 || fresh) times[t + ADOPT] = adoptAfter;
     // Atomics orders the way's writes before the seal for readers on any CPU.
-    Atomics.store(words, hw + SEAL, sealOf(h, tag, key.length, ref));
+    Atomics.store(words, hw + SEAL, sealOf(h, tag, print, ref));
     unlock(this.#locks, bucket, token);
   }
 
   delete(key: string): void {
-    if (key.length > KEY_BYTES) return;
-    const h = fnv1a(key);
+    hashKey(key);
+    const h = h1;
     const bucket = fmix32(h) & this.#mask;
     const at = this.#base + bucket * BUCKET_BYTES;
     const token = lock(this.#locks, bucket);
-    const w = this.#find(at, tagOf(h), key, h);
+    const w = this.#find(at, tagOf(h), h2, h);
     if (w >= 0) this.#words[at / 4 + w + TAG] = 0;
     unlock(this.#locks, bucket, token);
   }
 
-  /** The intact way of the bucket at byte `at` holding `key` (of hash `h`), or -1. */
-  #find(at: number, tag: number, key: string, h: number): number {
+  /** The intact way of the bucket at byte `at` holding the key of first hash `h` and fingerprint `print`, or -1. */
+  #find(at: number, tag: number, print: number, h: number): number {
     const words = this.#words;
-    const bytes = this.#bytes;
     const hw = at / 4;
     for (let w = 0; w < WAYS; w++) {
-      if (words[hw + TAG + w] !== tag || words[hw + KEY_LEN + w] !== key.length) continue;
-      const k = at + LINE + w * WAY_BYTES + KEY;
-      let i = 0;
-      while (i < key.length && bytes[k + i] === key.charCodeAt(i)) i++;
-      if (i === key.length && words[hw + SEAL + w] === sealOf(h, tag, key.length, words[hw + BACKEND + w])) return w;
+      if (words[hw + TAG + w] !== tag || words[hw + PRINT + w] !== print) continue;
+      if (words[hw + SEAL + w] === sealOf(h, tag, print, words[hw + BACKEND + w])) return w;
     }
     return -1;
   }
@@ -190,9 +213,8 @@ export class NearCache {
   /**
    * A free or forgotten way, else the one remembered for the shortest time. A
    * way torn by a thread that died mid-write reads as free to lookups and
-   * goes by its time like any other: checking every way's seal here would
-   * hash four keys per eviction, and evictions are every learn's once the
-   * cache is full.
+   * goes by its time like any other: a seal starts from its key's hash, so
+   * only a lookup of that key can check it.
    */
   #victim(at: number, now: number): number {
     const words = this.#words;
