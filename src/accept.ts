@@ -8,6 +8,7 @@ import type { SecureContext, Server as TlsServer } from 'node:tls';
 import { ClientConnection } from './client.ts';
 import type { ProxyContext } from './context.ts';
 import { PP_MORE, PP_REASONS, ProxyHeader, parseProxyHeader } from './proxy-protocol.ts';
+import { CLIENT_READS } from './read-regions.ts';
 import { reply } from './replies.ts';
 
 export interface AcceptOptions {
@@ -30,7 +31,8 @@ export class Acceptor {
     this.#max = opts.maxConnections;
     const accept = (socket: Socket): void => this.#connection(socket, null);
     if (opts.tls === null) {
-      this.listener = createNetServer({ noDelay: true, allowHalfOpen: true }, accept);
+      // Accepted paused: ClientConnection sets up the socket's reads (read-regions.ts) before any.
+      this.listener = createNetServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect: CLIENT_READS }, accept);
       return;
     }
     // node:tls is loaded only when the listener terminates TLS.
@@ -104,6 +106,7 @@ export class Acceptor {
       this.#ctx.stats.connectionsRefused++;
       this.#ctx.log.warn({ open, max: this.#max }, 'connection refused: too many client connections');
       socket.on('error', ignore);
+      socket.resume();
       socket.end(reply(503, true));
       return;
     }

@@ -14,6 +14,7 @@ import { Forward, logRefused, type AccessFacts, type RequestFacts } from './forw
 import { upstreamHead } from './head.ts';
 import { PP_MORE, PP_REASONS, ProxyHeader, parseProxyHeader } from './proxy-protocol.ts';
 import { K_COOKIE, RequestHead, parseRequestHead } from './http/request.ts';
+import { freeClientRead, isScratch, nextClientRead, readThrough } from './read-regions.ts';
 import { reply } from './replies.ts';
 import type { Tunnel } from './upgrade.ts';
 
@@ -70,6 +71,8 @@ export class ClientConnection implements Timed {
   #trust = -1;
   /** performance.now() when the connection last became idle (a restart closes those idle long enough). */
   idleSince: number;
+  /** Something of the read being handled is kept past its callback (a socket reading through onRead): its buffer is not freed. */
+  readKept = false;
 
   /** `proxied`: with TLS, the PROXY header was read before the handshake (src/accept.ts); its address, '' for none. */
   constructor(socket: Socket, ctx: ProxyContext, proxied: string | null = null) {
@@ -79,7 +82,13 @@ export class ClientConnection implements Timed {
     // A connection that says nothing is cut at the header timeout.
     this.idleSince = performance.now();
     this.deadline = this.idleSince + ctx.clientHeaderTimeoutMs;
-    socket.on('data', onData);
+    // A plain socket is accepted paused to read through onRead (read-regions.ts); a TLS socket's reads are its decryptions.
+    if (socket.readableFlowing !== false) {
+      socket.on('data', onData);
+    } else if (!readThrough(this.socket, onRead)) {
+      socket.on('data', onData);
+      socket.resume();
+    }
     socket.on('end', onEnd);
     socket.on('close', onClose);
     socket.on('error', onError);
@@ -116,6 +125,18 @@ export class ClientConnection implements Timed {
   /** Everything written so far is in the kernel's hands: no view of it is queued here. */
   get flushed(): boolean {
     return this.socket.writableLength === 0;
+  }
+
+  /** Reads now are a request body's or a tunnel's: they go into buffers of their own, forwarded as views. */
+  get streaming(): boolean {
+    return this.#state === TUNNEL || (this.#state === ACTIVE && this.forward !== null && !this.forward.bodyDone);
+  }
+
+  /** `b`, which outlives the read that brought it: a copy when it is a view of the shared scratch buffer. */
+  keep(b: Buffer): Buffer {
+    if (isScratch(b)) return Buffer.from(b);
+    this.readKept = true;
+    return b;
   }
 
   /** True while no request is in flight (shutdown closes such connections at once). */
@@ -170,7 +191,7 @@ export class ClientConnection implements Timed {
   data(chunk: Buffer): void {
     const state = this.#state;
     if (state === TUNNEL) {
-      this.tunnel!.fromClient(chunk);
+      this.tunnel!.fromClient(this.keep(chunk));
       return;
     }
     if (state === CLOSING) return;
@@ -210,7 +231,7 @@ export class ClientConnection implements Timed {
     // The parser bounds the header (107 bytes for v1, 16 + 4096 for v2): #rest cannot grow past that.
     const n = parseProxyHeader(buf, 0, buf.length, proxyHeader);
     if (n === PP_MORE) {
-      this.#rest = buf;
+      this.#rest = this.keep(buf);
       return;
     }
     if (n < 0) {
@@ -234,7 +255,7 @@ export class ClientConnection implements Timed {
   }
 
   #stash(b: Buffer): void {
-    this.#rest = this.#rest === null ? b : Buffer.concat([this.#rest, b]);
+    this.#rest = this.#rest === null ? this.keep(b) : Buffer.concat([this.#rest, b]);
     if (this.#rest.length >= READ_AHEAD) this.#pause(PAUSE_AHEAD, true);
   }
 
@@ -248,7 +269,7 @@ export class ClientConnection implements Timed {
         const h = parsed ??= new RequestHead(ctx.limits.maxHeaders);
         const r = parseRequestHead(h, buf, start, buf.length, ctx.limits, this.#checked);
         if (r === 0) {
-          this.#rest = start === 0 ? buf : buf.subarray(start);
+          this.#rest = this.keep(start === 0 ? buf : buf.subarray(start));
           this.#checked = h.validEnd - start;
           if (!this.#headTimer) {
             this.#headTimer = true;
@@ -460,6 +481,20 @@ function accessFacts(h: RequestHead, id: string): AccessFacts {
 
 function onData(this: OwnedSocket, chunk: Buffer): void {
   this.owner.data(chunk);
+}
+
+/** A plain socket's read: buf[0, nread), in the shared scratch buffer or the socket's own (then freed unless kept). */
+function onRead(this: OwnedSocket, nread: number, buf: Uint8Array): boolean {
+  const c = this.owner;
+  const b = buf as Buffer;
+  c.readKept = false;
+  try {
+    c.data(nread === b.length ? b : b.subarray(0, nread));
+  } finally {
+    if (!c.readKept) freeClientRead(b);
+    nextClientRead(c.streaming);
+  }
+  return true;
 }
 
 function onEnd(this: OwnedSocket): void {

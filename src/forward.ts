@@ -24,7 +24,7 @@ import { BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE, ResponseHead, parseRe
 import { sessionSetCookies, setsCookie } from './learn.ts';
 import { CONTINUE, reply } from './replies.ts';
 import { rendezvous } from './balance.ts';
-import { freeRead } from './read-regions.ts';
+import { freeRead, isScratch } from './read-regions.ts';
 import { route, type Route, type Routed } from './route.ts';
 import { Tunnel } from './upgrade.ts';
 import type { PoolWaiter, UpstreamConnection } from './upstream.ts';
@@ -206,15 +206,24 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
 
   #sendBody(view: Buffer): void {
     this.bytesIn += view.length;
+    // Body bytes that came with the head, in the client's shared scratch buffer, which the next read overwrites.
+    if (isScratch(view)) view = Buffer.from(view);
     const up = this.upstream;
     if (up !== null) {
       this.#bodySent = true;
       const s = up.socket;
-      if (!s.write(view)) this.client.bodyFlowing(false);
-      // Written whole: its read buffer is freed now, not at some later collection.
-      else if (s.writableLength === 0) freeRead(view);
+      if (!s.write(view)) {
+        this.client.readKept = true;
+        this.client.bodyFlowing(false);
+      } else if (s.writableLength === 0) {
+        // Written whole: its read buffer is freed now, not at some later collection.
+        freeRead(view);
+      } else {
+        this.client.readKept = true;
+      }
     } else {
       (this.#pending ??= []).push(view);
+      this.client.readKept = true;
       this.client.bodyFlowing(false);
     }
   }
