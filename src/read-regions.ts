@@ -1,14 +1,16 @@
 // Where backend sockets read into (net's `onread` option): regions of memory
-// that are never read into twice, so what a read delivers stays valid as a view
-// for as long as anything holds it (the zero-copy path forwards such views, and
-// a learn holds them), without Node allocating a buffer per read and pushing it
-// through a Readable stream. Measured on the seed scenario: about a tenth of a
-// forwarded request's CPU goes away with it (see README, Benchmarks).
+// that are never read into again while anything refers to what was read in
+// them, so what a read delivers stays valid as a view for as long as anything
+// holds it (the zero-copy path forwards such views, and a learn holds them),
+// without Node allocating a buffer per read and pushing it through a Readable
+// stream. Measured on the seed scenario: about a tenth of a forwarded
+// request's CPU goes away with it (see README, Benchmarks).
 //
 // A socket owns its region until a read leaves too little of it; the rest of a
 // region is the socket's next read buffer. A read that filled its buffer is a
 // stream in flight, whose next region is large; others get a small one, so an
-// idle kept-alive socket pins little.
+// idle kept-alive socket pins little. A used-up region that nothing refers to
+// is read into again from its start.
 import { Buffer } from 'node:buffer';
 import { Socket } from 'node:net';
 
@@ -30,16 +32,30 @@ export function readBuffer(): Buffer {
 
 /**
  * Call at the end of the `onread.callback` with what it was given: the rest of
- * `buf` becomes the socket's next read buffer, or a fresh region does. True
- * when `buf`'s region is used up: nothing will be read into it again.
+ * `buf` becomes the socket's next read buffer, or another region does. True
+ * when `buf`'s region is used up. `kept`: some read into the region is still
+ * referred to (held, queued, or part of a head). A used-up region that nothing
+ * refers to is read into again from its start, if it is of the size the next
+ * region should be (a socket at rest serves its short answers from one region
+ * for ever, where it took a new one every 16 KiB of answers: megabytes a
+ * second that the collector freed only when a full collection found them
+ * dead), or else freed at once if large; a kept one is left to the
+ * collector, and never read into again.
  */
-export function afterRead(nread: number, buf: Buffer): boolean {
+export function afterRead(nread: number, buf: Buffer, kept: boolean): boolean {
   const rest = buf.length - nread;
   if (rest >= MIN_REST) {
     next = buf.subarray(nread);
     return false;
   }
-  next = Buffer.allocUnsafeSlow(rest === 0 ? LARGE : SMALL);
+  const size = rest === 0 ? LARGE : SMALL;
+  const memory = buf.buffer as ArrayBuffer;
+  if (!kept && memory.byteLength === size) {
+    next = Buffer.from(memory);
+    return true;
+  }
+  if (!kept && memory.byteLength === LARGE) memory.transfer(0);
+  next = Buffer.allocUnsafeSlow(size);
   return true;
 }
 
@@ -50,19 +66,6 @@ export function afterRead(nread: number, buf: Buffer): boolean {
 // the ArrayBuffer frees its memory at once. Only memory that nothing refers
 // to any more may be freed: the caller knows every byte of it was written (the
 // socket's write buffer is empty) and that no view of it is kept.
-
-/**
- * Frees a used-up region (afterRead returned true) whose every read was
- * written and dropped, if it is a large one: a stream's. Small regions (short
- * answers) turn over slowly and are left to the collector: freed one by one,
- * they raised the peak memory of 5,000 idle connections under the seed load
- * by 13 MiB (105-106 against 117-121 MiB, two runs each), where freeing only
- * large ones kept it and all of the large answers' gain.
- */
-export function freeRegion(buf: Buffer): void {
-  const ab = buf.buffer as ArrayBuffer;
-  if (ab.byteLength === LARGE) ab.transfer(0);
-}
 
 /**
  * Frees a buffer Node read into (a socket without `onread`: one ArrayBuffer per

@@ -7,7 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { connect as netConnect, type Socket } from 'node:net';
 import type { Deadlines, Timed } from './deadlines.ts';
-import { afterRead, freeRead, freeRegion, readBuffer } from './read-regions.ts';
+import { afterRead, freeRead, readBuffer } from './read-regions.ts';
 import { Histogram, QUEUE_BUCKETS } from './stats.ts';
 
 export interface UpstreamOptions {
@@ -180,11 +180,8 @@ function onRead(this: OwnedSocket, nread: number, buf: Uint8Array): boolean {
     taken = deliver(this, nread === region.length ? region : region.subarray(0, nread));
   } finally {
     if (!taken) c.regionKept = true;
-    // A used-up region whose every read was written is freed now.
-    if (afterRead(nread, region)) {
-      if (!c.regionKept) freeRegion(region);
-      c.regionKept = false;
-    }
+    // A used-up region whose every read was written is read into again, or freed.
+    if (afterRead(nread, region, c.regionKept)) c.regionKept = false;
   }
   return true;
 }

@@ -56,7 +56,7 @@ export class Connection {
         try {
           this.onData(s, nread === region.length ? region : region.subarray(0, nread));
         } finally {
-          afterRead(nread, region);
+          afterRead(nread, region, true);
         }
         return true;
       },
