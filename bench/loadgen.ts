@@ -203,7 +203,7 @@ class Conn {
 
   fire(): void {
     this.timer = null;
-    if (stopped || this.busy || !this.connected) return;
+    if (stopped || this.busy || !this.connected || this.sock === null) return; // closed: its reconnection sends next
     const now = performance.now();
     const intended = this.next;
     this.next += (job.connections * 1000) / job.rate;
