@@ -8,7 +8,6 @@ import type { SecureContext, Server as TlsServer } from 'node:tls';
 import { ClientConnection } from './client.ts';
 import type { ProxyContext } from './context.ts';
 import { PP_MORE, PP_REASONS, ProxyHeader, parseProxyHeader } from './proxy-protocol.ts';
-import { CLIENT_READS } from './read-regions.ts';
 import { reply } from './replies.ts';
 
 export interface AcceptOptions {
@@ -32,7 +31,7 @@ export class Acceptor {
     const accept = (socket: Socket): void => this.#connection(socket, null);
     if (opts.tls === null) {
       // Accepted paused: ClientConnection sets up the socket's reads (read-regions.ts) before any.
-      this.listener = createNetServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect: CLIENT_READS }, accept);
+      this.listener = createNetServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect: true }, accept);
       return;
     }
     // node:tls is loaded only when the listener terminates TLS.

@@ -12,7 +12,7 @@
 // idle kept-alive socket pins little. A used-up region that nothing refers to
 // is read into again from its start.
 import { Buffer } from 'node:buffer';
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
 
 const SMALL = 16 * 1024;
 const LARGE = 64 * 1024;
@@ -82,14 +82,15 @@ export function freeRead(view: Buffer): void {
 // was read, an ArrayBuffer and a trip through a Readable stream. Accepted
 // paused, a plain socket is given what net.connect's option would have set
 // (Node's internal kBuffer, kBufferCb and kBufferGen, found by their
-// descriptions) and reads through a callback like a backend socket. Between
-// requests it reads into SCRATCH, one buffer per thread that every such
-// socket shares: a read is handled before the next one starts, and an idle
-// socket then pins no memory of its own. Whatever of a scratch read outlives
-// its callback (part of a head, pipelined bytes, body bytes that came with
-// the head) is copied by the one who keeps it (`keptCopy`). While a body or
-// a tunnel streams, the socket reads into fresh buffers of its own, which
-// stay valid as views for zero-copy forwarding and are freed once written.
+// descriptions on the first socket) and reads through a callback like a
+// backend socket. Between requests it reads into SCRATCH, one buffer per
+// thread that every such socket shares: a read is handled before the next one
+// starts, and an idle socket then pins no memory of its own. Whatever of a
+// scratch read outlives its callback (part of a head, pipelined bytes, body
+// bytes that came with the head) is copied by the one who keeps it
+// (ClientConnection.keep, Forward's body path). While a body or a tunnel
+// streams, the socket reads into fresh buffers of its own, which stay valid
+// as views for zero-copy forwarding and are freed once written.
 const SCRATCH = Buffer.allocUnsafeSlow(LARGE);
 const SCRATCH_MEMORY = SCRATCH.buffer;
 
@@ -99,8 +100,8 @@ interface Internals {
   gen: symbol;
 }
 
-function findInternals(): Internals | null {
-  const own = Object.getOwnPropertySymbols(new Socket());
+function findInternals(socket: Socket): Internals | null {
+  const own = Object.getOwnPropertySymbols(socket);
   const by = (d: string): symbol | undefined => own.find((s) => s.description === d);
   const buffer = by('kBuffer');
   const callback = by('kBufferCb');
@@ -108,10 +109,8 @@ function findInternals(): Internals | null {
   return buffer && callback && gen ? { buffer, callback, gen } : null;
 }
 
-const internals = findInternals();
-
-/** Whether accepted sockets can read through a callback: on a Node without these internals they use 'data' events. */
-export const CLIENT_READS = internals !== null;
+// Looked up once, on the first socket; null: this Node has no such internals.
+let internals: Internals | null | undefined;
 
 // The buffer the read callback of a client socket chose for its next read (null: SCRATCH).
 let clientNext: Buffer | null = null;
@@ -134,11 +133,12 @@ export function nextClientRead(stream: boolean): void {
  */
 export function readThrough<S extends Socket>(socket: S, callback: (this: S, nread: number, buf: Uint8Array) => boolean): boolean {
   const handle = (socket as unknown as { _handle: { useUserBuffer?: (b: Uint8Array) => void } | null })._handle;
-  if (internals === null || handle === null || typeof handle.useUserBuffer !== 'function') return false;
+  const k = internals === undefined ? (internals = findInternals(socket)) : internals;
+  if (k === null || handle === null || typeof handle.useUserBuffer !== 'function') return false;
   const s = socket as unknown as Record<symbol, unknown>;
-  s[internals.buffer] = SCRATCH;
-  s[internals.callback] = callback;
-  s[internals.gen] = clientBuffer;
+  s[k.buffer] = SCRATCH;
+  s[k.callback] = callback;
+  s[k.gen] = clientBuffer;
   handle.useUserBuffer(SCRATCH);
   socket.resume();
   return true;
@@ -147,11 +147,6 @@ export function readThrough<S extends Socket>(socket: S, callback: (this: S, nre
 /** A view of SCRATCH: valid only until the read callback returns. */
 export function isScratch(b: Buffer): boolean {
   return b.buffer === SCRATCH_MEMORY;
-}
-
-/** `b` itself, or a copy of it when it is a view of SCRATCH. */
-export function keptCopy(b: Buffer): Buffer {
-  return b.buffer === SCRATCH_MEMORY ? Buffer.from(b) : b;
 }
 
 /** Frees a client socket's own read buffer once nothing of it is kept (it may have been freed already, written whole). */
