@@ -191,7 +191,8 @@ export class ClientConnection implements Timed {
   data(chunk: Buffer): void {
     const state = this.#state;
     if (state === TUNNEL) {
-      this.tunnel!.fromClient(this.keep(chunk));
+      // The first read after the switch may be in the scratch buffer; later ones are the socket's own, freed unless queued.
+      if (this.tunnel!.fromClient(isScratch(chunk) ? Buffer.from(chunk) : chunk)) this.readKept = true;
       return;
     }
     if (state === CLOSING) return;

@@ -37,9 +37,12 @@ export class Tunnel implements ConnectionUser {
     client.startTunnel(this);
   }
 
-  fromClient(chunk: Buffer): void {
+  /** True when the backend's socket keeps `chunk` queued (not written whole). */
+  fromClient(chunk: Buffer): boolean {
     this.backend.stats.bytesIn += chunk.length;
-    if (!this.up.socket.write(chunk)) this.client.bodyFlowing(false);
+    const s = this.up.socket;
+    if (!s.write(chunk)) this.client.bodyFlowing(false);
+    return s.writableLength !== 0;
   }
 
   upstreamData(chunk: Buffer): boolean {

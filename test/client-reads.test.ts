@@ -4,11 +4,13 @@
 // the same memory. Each test leaves bytes behind on one connection, makes
 // other connections read, and checks that the origin got the left bytes
 // intact: a part of a head, a pipelined request, a body that came with its
-// head while the request waited for a backend connection.
+// head while the request waited for a backend connection, and a tunnel's
+// bytes queued for a backend that does not read.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { request } from 'undici';
 import { startOrigin, type Origin } from './helpers/origins.ts';
 import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
@@ -157,5 +159,77 @@ test('body bytes that came with their head survive other reads while the request
     slow.close();
     poster.close();
     other.close();
+  }
+});
+
+test('a tunnel\'s bytes queued for a backend that stops reading arrive whole while another tunnel streams', { timeout: 60_000 }, async () => {
+  // A raw origin: it switches protocols; the first tunnel reads nothing until
+  // told, then answers the digest of what it got; the others count and drop.
+  const total = 24 * 1024 * 1024;
+  let resume: () => void = () => {};
+  const reading = new Promise<void>((r) => { resume = r; });
+  let tunnels = 0;
+  let dropped = 0;
+  const server: Server = createServer((s) => {
+    const first = tunnels++ === 0;
+    let head = Buffer.alloc(0);
+    const onHead = (d: Buffer): void => {
+      head = Buffer.concat([head, d]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      s.off('data', onHead);
+      s.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n');
+      if (!first) {
+        dropped += head.length - end - 4;
+        s.on('data', (c: Buffer) => { dropped += c.length; });
+        return;
+      }
+      s.pause();
+      const hash = createHash('sha256');
+      let got = head.length - end - 4;
+      hash.update(head.subarray(end + 4));
+      void reading.then(() => {
+        s.on('data', (c: Buffer) => {
+          hash.update(c);
+          got += c.length;
+          if (got === total) s.end(hash.digest('hex'));
+        });
+        s.resume();
+      });
+    };
+    s.on('data', onHead);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const p = await startProxy(['--backend', `t=http://127.0.0.1:${(server.address() as AddressInfo).port}`, '--no-affinity', '--threads', '1']);
+  const port = Number(new URL(p.url).port);
+  const open = async (c: Socket): Promise<{ answer: Buffer }> => {
+    const got = { answer: Buffer.alloc(0) };
+    c.on('data', (d: Buffer) => { got.answer = Buffer.concat([got.answer, d]); });
+    c.write('GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n');
+    await waitFor(() => got.answer.includes('\r\n\r\n'), { what: 'the 101', timeoutMs: 10_000 });
+    assert.match(got.answer.toString('latin1'), /^HTTP\/1\.1 101 /);
+    got.answer = Buffer.alloc(0);
+    return got;
+  };
+  const a = connect(port, '127.0.0.1');
+  const b = connect(port, '127.0.0.1');
+  try {
+    const got = await open(a);
+    const data = randomBytes(total);
+    // Written in pieces, so the proxy reads many times while the backend does not read.
+    for (let off = 0; off < total; off += 48 * 1024) a.write(data.subarray(off, off + 48 * 1024));
+    // Another tunnel streams meanwhile: the proxy reads it into buffers that must not be the queued ones.
+    await open(b);
+    const other = randomBytes(16 * 1024 * 1024);
+    b.write(other);
+    await waitFor(() => dropped === other.length, { what: 'the other tunnel\'s bytes at the origin', timeoutMs: 20_000 });
+    resume();
+    await waitFor(() => got.answer.length === 64, { what: 'the origin\'s digest', timeoutMs: 20_000 });
+    assert.equal(got.answer.toString('latin1'), createHash('sha256').update(data).digest('hex'));
+  } finally {
+    a.destroy();
+    b.destroy();
+    await p.stop();
+    await new Promise<void>((r) => server.close(() => r()));
   }
 });
