@@ -15,8 +15,8 @@
 // default 65,536 entries, all of it resident once sessions fill it), and a
 // lookup reads two cache lines and compares no bytes. Two keys that share a
 // fingerprint would share a binding: with 63 bits compared (the tag's low bit
-// is spent on marking a way used), a lookup meets that odds of about 2^-61
-// against the four ways of its bucket. memcached, which keeps the whole key,
+// is spent on marking a way used), the odds that a lookup takes another key's
+// way are about 2^-61 (four ways a bucket). memcached, which keeps the whole key,
 // stays the truth; a wrong answer from here would route one session's
 // requests, for at most the fresh lifetime, where another's go.
 //
