@@ -127,7 +127,7 @@ export class ClientConnection implements Timed {
     return this.socket.writableLength === 0;
   }
 
-  /** Reads now are a request body's or a tunnel's: they go into buffers of their own, forwarded as views. */
+  /** Reads now are a request body's or a tunnel's: a stream of them goes into buffers of its own, forwarded as views. */
   get streaming(): boolean {
     return this.#state === TUNNEL || (this.#state === ACTIVE && this.forward !== null && !this.forward.bodyDone);
   }
@@ -191,7 +191,7 @@ export class ClientConnection implements Timed {
   data(chunk: Buffer): void {
     const state = this.#state;
     if (state === TUNNEL) {
-      // The first read after the switch may be in the scratch buffer; later ones are the socket's own, freed unless queued.
+      // A read in the scratch buffer is copied; one into the socket's own buffer is freed unless queued.
       if (this.tunnel!.fromClient(isScratch(chunk) ? Buffer.from(chunk) : chunk)) this.readKept = true;
       return;
     }
@@ -488,12 +488,13 @@ function onData(this: OwnedSocket, chunk: Buffer): void {
 function onRead(this: OwnedSocket, nread: number, buf: Uint8Array): boolean {
   const c = this.owner;
   const b = buf as Buffer;
+  const filled = nread === b.length;
   c.readKept = false;
   try {
-    c.data(nread === b.length ? b : b.subarray(0, nread));
+    c.data(filled ? b : b.subarray(0, nread));
   } finally {
     if (!c.readKept) freeClientRead(b);
-    nextClientRead(c.streaming);
+    nextClientRead(c.streaming, filled);
   }
   return true;
 }

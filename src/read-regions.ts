@@ -89,8 +89,9 @@ export function freeRead(view: Buffer): void {
 // scratch read outlives its callback (part of a head, pipelined bytes, body
 // bytes that came with the head) is copied by the one who keeps it
 // (ClientConnection.keep, Forward's body path). While a body or a tunnel
-// streams, the socket reads into fresh buffers of its own, which stay valid
-// as views for zero-copy forwarding and are freed once written.
+// streams in reads that fill their buffer, the socket reads into fresh
+// buffers of its own, which stay valid as views for zero-copy forwarding and
+// are freed once written.
 const SCRATCH = Buffer.allocUnsafeSlow(LARGE);
 const SCRATCH_MEMORY = SCRATCH.buffer;
 
@@ -121,9 +122,15 @@ function clientBuffer(): Buffer {
   return b;
 }
 
-/** Called by a client socket's read callback, last: its next read goes into a buffer of its own (`stream`) or SCRATCH. */
-export function nextClientRead(stream: boolean): void {
-  clientNext = stream ? Buffer.allocUnsafeSlow(LARGE) : null;
+/**
+ * Called by a client socket's read callback, last: its next read goes into a
+ * buffer of its own while a body or tunnel streams in reads that fill their
+ * buffer (`stream`, `filled`), else into SCRATCH. A stalled or trickling
+ * upload pins nothing (its bytes are copied out of SCRATCH, a few at a time),
+ * and a large one is copied for its first 64 KiB only.
+ */
+export function nextClientRead(stream: boolean, filled: boolean): void {
+  clientNext = stream && filled ? Buffer.allocUnsafeSlow(LARGE) : null;
 }
 
 /**
