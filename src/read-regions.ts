@@ -1,9 +1,10 @@
-// Where backend sockets read into (net's `onread` option): regions of memory
-// that are never read into again while anything refers to what was read in
-// them, so what a read delivers stays valid as a view for as long as anything
-// holds it (the zero-copy path forwards such views, and a learn holds them),
-// without Node allocating a buffer per read and pushing it through a Readable
-// stream. Measured on the seed scenario: about a tenth of a forwarded
+// Where sockets read into, through net's `onread` option (client sockets are
+// at the end of this file). Backend sockets, and memcached's, read into
+// regions of memory that are never read into again while anything refers to
+// what was read in them, so what a read delivers stays valid as a view for as
+// long as anything holds it (the zero-copy path forwards such views, and a
+// learn holds them), without Node allocating a buffer per read and pushing it
+// through a Readable stream. Measured on the seed scenario: about a tenth of a forwarded
 // request's CPU goes away with it (see README, Benchmarks).
 //
 // A socket owns its region until a read leaves too little of it; the rest of a
