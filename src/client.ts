@@ -14,7 +14,7 @@ import { Forward, logRefused, type AccessFacts, type RequestFacts } from './forw
 import { upstreamHead } from './head.ts';
 import { PP_MORE, PP_REASONS, ProxyHeader, parseProxyHeader } from './proxy-protocol.ts';
 import { K_COOKIE, RequestHead, parseRequestHead } from './http/request.ts';
-import { freeClientRead, isScratch, nextClientRead, readThrough } from './read-regions.ts';
+import { freeClientRead, isScratch, nextClientRead, readThrough, unshared } from './read-regions.ts';
 import { reply } from './replies.ts';
 import type { Tunnel } from './upgrade.ts';
 
@@ -192,7 +192,7 @@ export class ClientConnection implements Timed {
     const state = this.#state;
     if (state === TUNNEL) {
       // A read in the scratch buffer is copied; one into the socket's own buffer is freed unless queued.
-      if (this.tunnel!.fromClient(isScratch(chunk) ? Buffer.from(chunk) : chunk)) this.readKept = true;
+      if (this.tunnel!.fromClient(unshared(chunk))) this.readKept = true;
       return;
     }
     if (state === CLOSING) return;

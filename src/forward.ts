@@ -24,7 +24,7 @@ import { BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE, ResponseHead, parseRe
 import { sessionSetCookies, setsCookie } from './learn.ts';
 import { CONTINUE, reply } from './replies.ts';
 import { rendezvous } from './balance.ts';
-import { freeRead, isScratch } from './read-regions.ts';
+import { freeRead, unshared } from './read-regions.ts';
 import { route, type Route, type Routed } from './route.ts';
 import { Tunnel } from './upgrade.ts';
 import type { PoolWaiter, UpstreamConnection } from './upstream.ts';
@@ -206,21 +206,17 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
 
   #sendBody(view: Buffer): void {
     this.bytesIn += view.length;
-    // Body bytes that came with the head, in the client's shared scratch buffer, which the next read overwrites.
-    if (isScratch(view)) view = Buffer.from(view);
+    // Bytes in the client's shared scratch buffer (a small or slow body's) are copied: the next read overwrites them.
+    view = unshared(view);
     const up = this.upstream;
     if (up !== null) {
       this.#bodySent = true;
       const s = up.socket;
-      if (!s.write(view)) {
-        this.client.readKept = true;
-        this.client.bodyFlowing(false);
-      } else if (s.writableLength === 0) {
-        // Written whole: its read buffer is freed now, not at some later collection.
-        freeRead(view);
-      } else {
-        this.client.readKept = true;
-      }
+      const flowing = s.write(view);
+      // Written whole: its read buffer is freed now, not at some later collection.
+      if (s.writableLength === 0) freeRead(view);
+      else this.client.readKept = true;
+      if (!flowing) this.client.bodyFlowing(false);
     } else {
       (this.#pending ??= []).push(view);
       this.client.readKept = true;

@@ -21,7 +21,8 @@ const LARGE = 64 * 1024;
 const MIN_REST = 2 * 1024;
 
 // Node calls the buffer function right after the read callback, for the same
-// socket, with no `this`: the callback leaves the socket's next buffer here.
+// socket, with no `this`: the callback leaves the socket's next buffer here
+// (a backend socket's or a client socket's alike).
 let next: Buffer | null = null;
 
 /** The `onread.buffer` function: the next read buffer of the socket just read, or a fresh region (a new socket). */
@@ -114,12 +115,10 @@ function findInternals(socket: Socket): Internals | null {
 // Looked up once, on the first socket; null: this Node has no such internals.
 let internals: Internals | null | undefined;
 
-// The buffer the read callback of a client socket chose for its next read (null: SCRATCH).
-let clientNext: Buffer | null = null;
-
+/** The `onread.buffer` function of client sockets: what the read callback chose (`next`), else SCRATCH. */
 function clientBuffer(): Buffer {
-  const b = clientNext ?? SCRATCH;
-  clientNext = null;
+  const b = next ?? SCRATCH;
+  next = null;
   return b;
 }
 
@@ -131,7 +130,7 @@ function clientBuffer(): Buffer {
  * and a large one is copied for its first 64 KiB only.
  */
 export function nextClientRead(stream: boolean, filled: boolean): void {
-  clientNext = stream && filled ? Buffer.allocUnsafeSlow(LARGE) : null;
+  next = stream && filled ? Buffer.allocUnsafeSlow(LARGE) : null;
 }
 
 /**
@@ -155,6 +154,11 @@ export function readThrough<S extends Socket>(socket: S, callback: (this: S, nre
 /** A view of SCRATCH: valid only until the read callback returns. */
 export function isScratch(b: Buffer): boolean {
   return b.buffer === SCRATCH_MEMORY;
+}
+
+/** `b`, or a copy of it when it is a view of SCRATCH: for bytes that outlive their read. */
+export function unshared(b: Buffer): Buffer {
+  return b.buffer === SCRATCH_MEMORY ? Buffer.from(b) : b;
 }
 
 /** Frees a client socket's own read buffer once nothing of it is kept (it may have been freed already, written whole). */
