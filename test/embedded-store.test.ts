@@ -72,6 +72,22 @@ test('set, overwrite, delete', { timeout }, async () => {
   assert.equal(await store.get('k'), null);
 });
 
+test('a lookup answers its own backend name, among more names alike than a thread keeps (64)', { timeout }, async () => {
+  const { store } = fresh(4096);
+  // Names of one length differing in one byte, first, middle or last, and
+  // more of them than the thread keeps: an answer must never be a kept name
+  // that only looks alike.
+  const names: string[] = [];
+  for (let i = 0; i < 150; i++) {
+    const n = String(i).padStart(3, '0');
+    names.push(i % 3 === 0 ? `${n}-backend` : i % 3 === 1 ? `backend-${n}` : `back${n}end`);
+  }
+  for (let i = 0; i < names.length; i++) await store.set(`PHPSESSID:k${i}`, names[i], 60, false);
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < names.length; i++) assert.equal(store.lookup(`PHPSESSID:k${i}`), names[i], `key ${i}, round ${round}`);
+  }
+});
+
 test('bounded: far more keys than entries keep exactly its capacity, evicting the closest to expiry', { timeout }, async () => {
   const { store } = fresh(64);
   const n = 5000;
