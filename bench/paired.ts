@@ -109,7 +109,7 @@ try {
   const rates: number[][] = [];
   for (let r = 0; r <= rounds; r++) {
     rep.progress(r === 0 ? 'warm-up round' : `round ${r}/${rounds}`);
-    const ms = await Promise.all(targets.map((t) => drive(job(t.run.port), () => t.run.pids(), () => [], () => {})));
+    const ms = await Promise.all(targets.map((t) => drive(job(t.run.port), { target: () => t.run.pids(), origins: () => [], store: () => [] }, () => {})));
     if (r === 0) continue;
     perRound.push(ms.map((m) => (m.targetCpu / m.result.requests) * 1e6));
     rates.push(ms.map((m) => m.result.requests / m.result.seconds));

@@ -1,6 +1,6 @@
 // Runs one measurement: forks the load generator (bench/loadgen.ts) with a Job,
-// relays its progress, and samples the target's and origins' CPU time at the
-// edges of the measured window.
+// relays its progress, and samples the CPU time of the target, the origins and
+// memcached at the edges of the measured window.
 import { fork } from 'node:child_process';
 import { join } from 'node:path';
 import * as hdr from 'hdr-histogram-js';
@@ -14,11 +14,20 @@ export interface Measured {
   /** CPU seconds used in the measured window. */
   targetCpu: number;
   originCpu: number;
+  storeCpu: number;
 }
 
 export type ProgressSink = (m: Extract<Message, { type: 'progress' }>) => void;
 
-export async function drive(job: Job, targetPids: () => number[], originPids: () => number[], onProgress: ProgressSink): Promise<Measured> {
+/** CPU time of each group of processes, sampled at the window's edges. */
+export interface Samplers {
+  target(): number[];
+  origins(): number[];
+  /** memcached, when the target uses it; else none. */
+  store(): number[];
+}
+
+export async function drive(job: Job, pids: Samplers, onProgress: ProgressSink): Promise<Measured> {
   const child = fork(join(BENCH_DIR, 'loadgen.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
   track(child);
   // Connecting 5,000 idle sockets and the run itself, plus room for a slow stop.
@@ -27,17 +36,23 @@ export async function drive(job: Job, targetPids: () => number[], originPids: ()
     return await new Promise<Measured>((resolve, reject) => {
       let t0 = 0;
       let o0 = 0;
+      let s0 = 0;
       let targetCpu = 0;
       let originCpu = 0;
+      let storeCpu = 0;
       const timer = setTimeout(() => reject(new Error(`load generator did not finish within ${Math.round(limitMs / 1000)} s`)), limitMs);
       child.on('message', (m: Message) => {
         switch (m.type) {
           case 'progress': onProgress(m); break;
-          case 'measure-start': t0 = cpuSeconds(targetPids()); o0 = cpuSeconds(originPids()); break;
-          case 'measure-end': targetCpu = cpuSeconds(targetPids()) - t0; originCpu = cpuSeconds(originPids()) - o0; break;
+          case 'measure-start': t0 = cpuSeconds(pids.target()); o0 = cpuSeconds(pids.origins()); s0 = cpuSeconds(pids.store()); break;
+          case 'measure-end':
+            targetCpu = cpuSeconds(pids.target()) - t0;
+            originCpu = cpuSeconds(pids.origins()) - o0;
+            storeCpu = cpuSeconds(pids.store()) - s0;
+            break;
           case 'result':
             clearTimeout(timer);
-            resolve({ result: m.result, histogram: hdr.decodeFromCompressedBase64(m.result.histogram), targetCpu, originCpu });
+            resolve({ result: m.result, histogram: hdr.decodeFromCompressedBase64(m.result.histogram), targetCpu, originCpu, storeCpu });
             break;
           case 'fatal': clearTimeout(timer); reject(new Error(`load generator: ${m.message}`)); break;
         }

@@ -129,20 +129,20 @@ export function markdown(res: SuiteResult, m: Machine): string {
     `${t.changedDuringRun ? '; **src/ or workers/ changed during the run, so sticky-proxy figures may come from different versions**' : ''}.`);
   lines.push(`Origins: ${res.origin}. One load generator (bench/loadgen.ts, one Node process) for every target; ${o.connections} connections, ` +
     `${o.rate > 0 ? `fixed rate ${fmt(o.rate)} req/s (latency from the intended send time)` : 'closed loop'}; warm-up ${o.warmupMs / 1000} s, measured ${o.durationMs / 1000} s per target and scenario; every target started fresh for each scenario.`);
-  lines.push('', 'Latencies in ms. CPU: the target\'s processes in the measured window, 100% = one core (origin and generator CPU for context). Affinity misses: answers to a learnt session that came from another real-server than the one that set the cookie.', '');
+  lines.push('', 'Latencies in ms. CPU: the target\'s processes in the measured window, 100% = one core (origin, generator and memcached CPU for context); all µs/req: the CPU of every one of them per request, by whose inverse two targets\' rates go on a machine they share. Affinity misses: answers to a learnt session that came from another real-server than the one that set the cookie.', '');
   for (const s of SCENARIOS) {
     const rows = res.rows.filter((r) => r.scenario === s.id);
     if (rows.length === 0) continue;
     lines.push(`## ${s.title}`, '');
     const idle = s.idleConnections > 0;
-    lines.push(`| target | req/s | p50 | p90 | p99 | p99.9 | max | errors | affinity misses | peak RSS MiB | start RSS MiB | CPU % | origin CPU % | generator CPU %${idle ? ' | idle conns open at end (reopened)' : ''} |`);
-    lines.push(`|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:${idle ? '|---:' : ''}|`);
+    lines.push(`| target | req/s | p50 | p90 | p99 | p99.9 | max | errors | affinity misses | peak RSS MiB | start RSS MiB | CPU % | origin CPU % | generator CPU % | memcached CPU % | all µs/req${idle ? ' | idle conns open at end (reopened)' : ''} |`);
+    lines.push(`|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:${idle ? '|---:' : ''}|`);
     for (const r of rows) {
       const miss = r.affinityChecked > 0 ? `${((r.affinityMisses / r.affinityChecked) * 100).toFixed(1)}%` : '–';
-      lines.push(`| ${r.target} | ${fmt(r.requestsPerSec)} | ${r.p50} | ${r.p90} | ${r.p99} | ${r.p999} | ${r.max} | ${errorText(r)} | ${miss} | ${r.target === 'origin' ? '–' : r.peakRssMiB} | ${r.target === 'origin' ? '–' : r.startRssMiB} | ${r.cpuPercent} | ${r.originCpuPercent} | ${r.generatorCpuPercent}${idle ? ` | ${fmt(r.idleOpenAtEnd)} (${fmt(r.idleReopened)})` : ''} |`);
+      lines.push(`| ${r.target} | ${fmt(r.requestsPerSec)} | ${r.p50} | ${r.p90} | ${r.p99} | ${r.p999} | ${r.max} | ${errorText(r)} | ${miss} | ${r.target === 'origin' ? '–' : r.peakRssMiB} | ${r.target === 'origin' ? '–' : r.startRssMiB} | ${r.cpuPercent} | ${r.originCpuPercent} | ${r.generatorCpuPercent} | ${r.storeCpuPercent ?? '–'} | ${r.allCpuMicrosPerRequest}${idle ? ` | ${fmt(r.idleOpenAtEnd)} (${fmt(r.idleReopened)})` : ''} |`);
     }
     const failed = res.failed.filter((f) => f.scenario === s.id);
-    for (const f of failed) lines.push(`| ${f.target} | failed: ${f.reason.replace(/\|/g, '\\|')} ||||||||||||||`);
+    for (const f of failed) lines.push(`| ${f.target} | failed: ${f.reason.replace(/\|/g, '\\|')} ||||||||||||||||`);
     lines.push('', `![latency by percentile](latency-${s.id}.svg)`, '');
   }
   const c = checks(res.rows);

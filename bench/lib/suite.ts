@@ -141,6 +141,14 @@ export interface Row {
   cpuPercent: number;
   originCpuPercent: number;
   generatorCpuPercent: number;
+  /** memcached's CPU in the window, for a target that uses it; null otherwise. */
+  storeCpuPercent: number | null;
+  /**
+   * µs of CPU per request over every process the run starts (target,
+   * origins, generator, memcached): on a machine they share, the rates of two
+   * targets go by the inverse of this more than by their own CPU.
+   */
+  allCpuMicrosPerRequest: number;
   idleOpenAtEnd: number;
   idleReopened: number;
   idleRequests: number;
@@ -303,7 +311,8 @@ export async function runSuite(opts: Options): Promise<SuiteResult> {
           const what = p.phase === 'connect' ? `opening idle connections: ${p.requests} open` : `${p.phase} ${(p.elapsedMs / 1000).toFixed(0)}/${(p.totalMs / 1000).toFixed(0)} s · ${p.requests.toLocaleString('en-US')} req/s · ${p.errors} errors`;
           opts.progress(`${tag} · ${what}`);
         };
-        const m = await drive(job, () => running.pids(), () => origins!.pids(), sink);
+        const usesStore = t.needs === 'memcached' && memcached?.pid !== undefined;
+        const m = await drive(job, { target: () => running.pids(), origins: () => origins!.pids(), store: () => (usesStore ? [memcached!.pid!] : []) }, sink);
         const peak = peakRssMiB(target.pids());
         const r = m.result;
         const h = m.histogram;
@@ -329,6 +338,8 @@ export async function runSuite(opts: Options): Promise<SuiteResult> {
           cpuPercent: Math.round((m.targetCpu / r.seconds) * 100),
           originCpuPercent: Math.round((m.originCpu / r.seconds) * 100),
           generatorCpuPercent: Math.round((r.cpuSeconds / r.seconds) * 100),
+          storeCpuPercent: usesStore ? Math.round((m.storeCpu / r.seconds) * 100) : null,
+          allCpuMicrosPerRequest: r.requests > 0 ? Math.round(((t.proxy ? m.targetCpu : 0) + m.originCpu + r.cpuSeconds + m.storeCpu) * 1e7 / r.requests) / 10 : 0,
           idleOpenAtEnd: r.idleOpenAtEnd,
           idleReopened: r.idleReopened,
           idleRequests: r.idleRequests,
