@@ -213,31 +213,36 @@ function sealHead(d: Int32Array, slidingTtl: number, nameLength: number): number
 // The key's digest: four 32-bit lanes of the FNV-1a step, each with its own
 // offset and odd multiplier, taken in one pass over the key's code units, then
 // chained through fmix32 so every word depends on all four lanes. It was
-// sha256's first 16 bytes: a call into C++ and a Buffer per lookup, 2.5 µs of
-// the embedded store's 2.55 µs lookup (`npm run bench:affinity`). What the
-// digest must give is that two live keys never share one: for distinct keys
-// the odds are about 2^-128 for ids a client sends, as with sha256's 128 bits.
-// An adversary who knows a victim's session id could make a key with its
-// digest here, but that id is worth more to them than a binding; a crafted
-// key can crowd a bucket either way, as the bucket is only a few bits of the
-// digest, whichever hash made it.
-const LANE_PRIMES = [0x01000193, 0x2c1b3c6d, 0x9e3779b1, 0x85ebca6b];
-const LANE_OFFSETS = [FNV_OFFSET, 0x297a2d39, 0x5bd1e995, 0x27d4eb2f];
+// sha256's first 16 bytes: a call into C++ and a Buffer per lookup and per
+// learn; a lookup took 1.8–1.9 µs with it and takes about 0.2 µs now (`npm
+// run bench:affinity`). What the digest must give is that two live keys never
+// share one: for keys that are not crafted the odds are about 2^-128 a pair,
+// as with sha256's 128 bits. An adversary who knows a victim's session id
+// could craft a key with its digest here, but that id is worth more to them
+// than a binding; a crafted key can crowd a bucket either way, as the bucket
+// is only a few bits of the digest, whichever hash made it.
+const P0 = 0x01000193;
+const P1 = 0x2c1b3c6d;
+const P2 = 0x9e3779b1;
+const P3 = 0x85ebca6b;
+const O1 = 0x297a2d39;
+const O2 = 0x5bd1e995;
+const O3 = 0x27d4eb2f;
 
 /** A 128-bit digest of the key; word 3 is never 0, which marks a free slot. */
 // Reused: a digest is consumed before the next one is taken.
 const scratch = new Int32Array(4);
 function digest(key: string): Int32Array {
-  let a = LANE_OFFSETS[0] | 0;
-  let b = LANE_OFFSETS[1];
-  let c = LANE_OFFSETS[2];
-  let d = LANE_OFFSETS[3];
+  let a = FNV_OFFSET | 0;
+  let b = O1;
+  let c = O2;
+  let d = O3;
   for (let i = 0; i < key.length; i++) {
     const x = key.charCodeAt(i);
-    a = Math.imul(a ^ x, LANE_PRIMES[0]);
-    b = Math.imul(b ^ x, LANE_PRIMES[1]);
-    c = Math.imul(c ^ x, LANE_PRIMES[2]);
-    d = Math.imul(d ^ x, LANE_PRIMES[3]);
+    a = Math.imul(a ^ x, P0);
+    b = Math.imul(b ^ x, P1);
+    c = Math.imul(c ^ x, P2);
+    d = Math.imul(d ^ x, P3);
   }
   const w0 = fmix32(a ^ key.length);
   const w1 = fmix32(b ^ w0);
