@@ -37,6 +37,13 @@ const RES_BODY = 1;
 const RES_DONE = 2;
 /** Body bytes held while a learn is stored before the backend's socket is paused. */
 const HOLD_MAX = 64 * 1024;
+/**
+ * Held body bytes up to this are copied: a view would keep the backend
+ * socket's whole read region from being read into again once it is used up,
+ * and under the seed load nearly every region would hold some learn's view
+ * (a new region allocated every few dozen answers).
+ */
+const HOLD_COPY_MAX = 4 * 1024;
 
 // One parsed response head at a time: it is consumed before the next is parsed.
 const RES = new ResponseHead();
@@ -99,6 +106,8 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   #held: Buffer[] | null = null;
   /** Body bytes among them. */
   #heldBytes = 0;
+  /** Some held bytes are a view of what the backend sent (not copied). */
+  #heldViews = false;
   #keepClient = true;
   #learning = false;
   // Accounting, for the access log and metrics.
@@ -318,7 +327,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
 
   /** No view of what the backend sent is held for a learn or queued for the client. */
   #nothingKept(): boolean {
-    return this.#held === null && this.client.flushed;
+    return (this.#held === null || !this.#heldViews) && this.client.flushed;
   }
 
   #responseHead(): void {
@@ -357,6 +366,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       // request finds the binding through any loop, worker or instance.
       this.#held = [out];
       this.#heldBytes = 0;
+      this.#heldViews = false;
       this.#learning = true;
       ctx.affinity.learn(b.name, setCookies, req.keys, this.boundKey, this);
     } else {
@@ -419,7 +429,12 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   /** Writes to the client, or holds while a learn is stored; a full client pauses the backend. */
   #out(view: Buffer): void {
     if (this.#held !== null) {
-      this.#held.push(view);
+      if (this.#heldBytes + view.length <= HOLD_COPY_MAX) {
+        this.#held.push(Buffer.from(view));
+      } else {
+        this.#held.push(view);
+        this.#heldViews = true;
+      }
       // Most answers that set a session end in the read that brought their
       // head: the backend is paused only for one that goes on, at a bound.
       this.#heldBytes += view.length;
