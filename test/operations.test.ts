@@ -134,7 +134,8 @@ test('a metrics scrape parses and its counters move with traffic, summed across 
     assert.equal(answered, r.ok + 10);
     const timed = sample(text, 'sticky_request_duration_seconds_count{backend="a"}') + sample(text, 'sticky_request_duration_seconds_count{backend="b"}');
     assert.equal(timed, r.ok + 10);
-    assert.ok(sample(text, 'sticky_store_operation_seconds_count{op="get"}') >= r.ok);
+    const gets = sample(text, 'sticky_store_operation_seconds_count{op="get"}');
+    assert.ok(gets >= r.ok, `store gets ${gets} against ${r.ok} requests (${lookups})`);
     assert.equal(sample(text, 'sticky_backend_up{backend="a"}'), 1);
     // Every lookup (one per load request) and every learn went through a batch.
     assert.equal(sample(text, 'sticky_worker_batch_size_sum'), r.ok + 10);
