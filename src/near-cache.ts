@@ -151,7 +151,10 @@ export class NearCache {
     const adoptAfter = this.#times[t + ADOPT];
     // Checked again: a writer may have reused the way since #find checked it.
     if (!(this.#times[t + UNTIL] > now) || words[hw + SEAL] !== sealOf(h, words[hw + TAG], words[hw + PRINT], backend)) return false;
-    this.freshUntil = freshUntil;
+    // With a fresh lifetime of 0 nothing is fresh: not even an entry another
+    // loop wrote just after this lookup read its clock (fresh until that later
+    // millisecond, which the lookup's `now` can precede).
+    this.freshUntil = this.#freshMs === 0 ? 0 : freshUntil;
     this.adoptAfter = adoptAfter;
     this.backend = this.#backends.nameOf(backend);
     return this.backend !== '';

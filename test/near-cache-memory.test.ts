@@ -1,5 +1,6 @@
 // The near cache's shared table: readers take no lock, so a read racing a
-// write must see the old binding, the new one, or none, never a mix of two.
+// write must see the old binding, the new one, or none, never a mix of two;
+// and with a fresh lifetime of 0, a racing write never makes an entry fresh.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
@@ -37,4 +38,16 @@ test('a read racing writes in another thread never answers another key\'s backen
   } finally {
     await Promise.all(writers.map((w) => w.terminate()));
   }
+});
+
+test('with --near-cache-ttl 0 nothing is fresh, even an entry another thread wrote after the lookup read its clock', () => {
+  const backends = ['srv0', 'srv1'];
+  const slots = { slotOf: (n: string) => backends.indexOf(n), nameOf: (i: number) => backends[i] ?? '' };
+  const cache = new NearCache(new SharedArrayBuffer(nearCacheBytes(64)), 64, 0, 60_000, slots);
+  const now = Date.now();
+  // Written by another loop a few milliseconds after this lookup's `now` was read.
+  cache.set('PHPSESSID:late', 'srv1', now + 5);
+  assert.ok(cache.get('PHPSESSID:late', now), 'remembered (it serves while memcached is down)');
+  assert.equal(cache.backend, 'srv1');
+  assert.ok(!(cache.freshUntil > now), `not fresh: fresh until ${cache.freshUntil}, now ${now}`);
 });
