@@ -151,10 +151,7 @@ export class NearCache {
     const adoptAfter = this.#times[t + ADOPT];
     // Checked again: a writer may have reused the way since #find checked it.
     if (!(this.#times[t + UNTIL] > now) || words[hw + SEAL] !== sealOf(h, words[hw + TAG], words[hw + PRINT], backend)) return false;
-    // With a fresh lifetime of 0 nothing is fresh: not even an entry another
-    // loop wrote just after this lookup read its clock (fresh until that later
-    // millisecond, which the lookup's `now` can precede).
-    this.freshUntil = this.#freshMs === 0 ? 0 : freshUntil;
+    this.freshUntil = freshUntil;
     this.adoptAfter = adoptAfter;
     this.backend = this.#backends.nameOf(backend);
     return this.backend !== '';
@@ -183,7 +180,9 @@ export class NearCache {
     words[hw + TAG] = tag;
     words[hw + PRINT] = print;
     words[hw + BACKEND] = ref;
-    times[t + FRESH] = now + this.#freshMs;
+    // A fresh lifetime of 0 writes no fresh time at all: `now + 0` would be
+    // fresh to a lookup in another loop that read its clock a moment earlier.
+    times[t + FRESH] = this.#freshMs === 0 ? 0 : now + this.#freshMs;
     times[t + UNTIL] = now + this.#rememberMs;
     if (adoptAfter > 0 || fresh) times[t + ADOPT] = adoptAfter;
     // Atomics orders the way's writes before the seal for readers on any CPU.
