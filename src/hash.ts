@@ -19,6 +19,13 @@ export function fnv1a(s: string, seed: number = FNV_OFFSET): number {
   return h >>> 0;
 }
 
+// A second FNV-1a-style lane (another odd multiplier and offset), for the
+// fingerprints that need more bits than one hash: the near cache's (two
+// lanes) and the embedded store's digest (four). Local to this process's
+// memory, so changing them moves nothing between instances.
+export const LANE2_PRIME = 0x2c1b3c6d;
+export const LANE2_OFFSET = 0x297a2d39;
+
 /** murmur3's fmix32 finaliser: spreads FNV's weak low bits over the whole word. Unsigned. */
 export function fmix32(h: number): number {
   h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);

@@ -34,7 +34,7 @@
 // the way's seal against what it read, so one that races a write sees the
 // old binding, the new one, or none (a miss, which asks memcached): never a
 // mix.
-import { fmix32, fnvStep, FNV_OFFSET } from './hash.ts';
+import { fmix32, fnvStep, FNV_OFFSET, LANE2_OFFSET, LANE2_PRIME } from './hash.ts';
 import { lock, unlock } from './shared-lock.ts';
 
 const WAYS = 4;
@@ -51,25 +51,22 @@ const ADOPT = 2;
 const WAY_BYTES = 24;
 const BUCKET_BYTES = 3 * LINE; // the header line, 96 bytes of times, padding to a line
 
-// The second hash: FNV-1a's step with another odd multiplier and offset, in
-// the same loop as the first, finished with fmix32. Independent enough of
-// the first for keys that are random ids; neither is a secret, and a forged
-// collision needs the victim's session id, which is worth more than a
-// misroute.
-const PRINT_PRIME = 0x2c1b3c6d;
-const PRINT_OFFSET = 0x297a2d39;
-
-// The last key hashed, by hashKey (no object per lookup).
+// The second hash: FNV-1a's step with another odd multiplier and offset
+// (hash.ts's second lane), in the same loop as the first, finished with
+// fmix32. Independent enough of the first for keys that are random ids;
+// neither is a secret, and a forged collision needs the victim's session id,
+// which is worth more than a misroute. The last key hashed is left in h1 and
+// h2 (no object per lookup).
 let h1 = 0;
 let h2 = 0;
 
 function hashKey(key: string): void {
   let a = FNV_OFFSET | 0;
-  let b = PRINT_OFFSET;
+  let b = LANE2_OFFSET;
   for (let i = 0; i < key.length; i++) {
     const c = key.charCodeAt(i);
     a = fnvStep(a, c);
-    b = Math.imul(b ^ c, PRINT_PRIME);
+    b = Math.imul(b ^ c, LANE2_PRIME);
   }
   h1 = a >>> 0;
   h2 = fmix32(b) | 0;

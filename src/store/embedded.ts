@@ -22,7 +22,7 @@
 // binding: a slot counts only if its seal matches its contents, and a writer
 // seals the values it means to write, so any mix of old and new words, in any
 // order, fails (short of a 2^-32 hash collision) and reads as a free slot.
-import { FNV_OFFSET, fmix32, fnvStep } from '../hash.ts';
+import { FNV_OFFSET, LANE2_OFFSET, LANE2_PRIME, fmix32, fnvStep } from '../hash.ts';
 import { lock, unlock } from '../shared-lock.ts';
 import type { AffinityStore } from './store.ts';
 
@@ -211,7 +211,7 @@ function sealHead(d: Int32Array, slidingTtl: number, nameLength: number): number
 }
 
 // The key's digest: four 32-bit lanes of the FNV-1a step, each with its own
-// offset and odd multiplier, taken in one pass over the key's code units, then
+// offset and odd multiplier (the first two are hash.ts's, as the near cache's), taken in one pass over the key's code units, then
 // chained through fmix32 so every word depends on all four lanes. It was
 // sha256's first 16 bytes: a call into C++ and a Buffer per lookup and per
 // learn; a lookup took 1.8–1.9 µs with it and takes about 0.2 µs now (`npm
@@ -221,11 +221,8 @@ function sealHead(d: Int32Array, slidingTtl: number, nameLength: number): number
 // could craft a key with its digest here, but that id is worth more to them
 // than a binding; a crafted key can crowd a bucket either way, as the bucket
 // is only a few bits of the digest, whichever hash made it.
-const P0 = 0x01000193;
-const P1 = 0x2c1b3c6d;
 const P2 = 0x9e3779b1;
 const P3 = 0x85ebca6b;
-const O1 = 0x297a2d39;
 const O2 = 0x5bd1e995;
 const O3 = 0x27d4eb2f;
 
@@ -234,13 +231,13 @@ const O3 = 0x27d4eb2f;
 const scratch = new Int32Array(4);
 function digest(key: string): Int32Array {
   let a = FNV_OFFSET | 0;
-  let b = O1;
+  let b = LANE2_OFFSET;
   let c = O2;
   let d = O3;
   for (let i = 0; i < key.length; i++) {
     const x = key.charCodeAt(i);
-    a = Math.imul(a ^ x, P0);
-    b = Math.imul(b ^ x, P1);
+    a = fnvStep(a, x);
+    b = Math.imul(b ^ x, LANE2_PRIME);
     c = Math.imul(c ^ x, P2);
     d = Math.imul(d ^ x, P3);
   }
