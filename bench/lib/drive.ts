@@ -27,7 +27,13 @@ export interface Samplers {
   store(): number[];
 }
 
-export async function drive(job: Job, pids: Samplers, onProgress: ProgressSink): Promise<Measured> {
+/** Told when the measured window opens and closes (bench/profile.ts records a profile over it). */
+export interface WindowHooks {
+  start(): void;
+  end(): void;
+}
+
+export async function drive(job: Job, pids: Samplers, onProgress: ProgressSink, edges?: WindowHooks): Promise<Measured> {
   const child = fork(join(BENCH_DIR, 'loadgen.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
   track(child);
   // Connecting 5,000 idle sockets and the run itself, plus room for a slow stop.
@@ -44,11 +50,15 @@ export async function drive(job: Job, pids: Samplers, onProgress: ProgressSink):
       child.on('message', (m: Message) => {
         switch (m.type) {
           case 'progress': onProgress(m); break;
-          case 'measure-start': t0 = cpuSeconds(pids.target()); o0 = cpuSeconds(pids.origins()); s0 = cpuSeconds(pids.store()); break;
+          case 'measure-start':
+            edges?.start();
+            t0 = cpuSeconds(pids.target()); o0 = cpuSeconds(pids.origins()); s0 = cpuSeconds(pids.store());
+            break;
           case 'measure-end':
             targetCpu = cpuSeconds(pids.target()) - t0;
             originCpu = cpuSeconds(pids.origins()) - o0;
             storeCpu = cpuSeconds(pids.store()) - s0;
+            edges?.end();
             break;
           case 'result':
             clearTimeout(timer);
