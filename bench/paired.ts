@@ -28,19 +28,18 @@
 import { parseArgs } from 'node:util';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import type { Job } from './loadgen.ts';
+import { join } from 'node:path';
+import { DEFAULT_CONFIGS, checkouts, median, needsMemcached, parseConfigs, plainJob, plainScenario, proxyArgs } from './lib/configs.ts';
 import { drive } from './lib/drive.ts';
 import { track, which } from './lib/procs.ts';
 import { DEFAULT_PEERS_DIR, startHaproxy, startOrigins, type Running } from './lib/servers.ts';
-import { SCENARIOS } from './lib/suite.ts';
 import { guard, stderrReporter } from './run.ts';
 import { startMemcached, type Memcached } from '../test/helpers/memcached.ts';
-import { ROOT, startProxy } from '../test/helpers/proxy.ts';
+import { startProxy } from '../test/helpers/proxy.ts';
 
 const { values: a } = parseArgs({
   options: {
-    config: { type: 'string', multiple: true, default: ['noaff=--no-affinity', 'memcached=--memcache MEMCACHED'] },
+    config: { type: 'string', multiple: true, default: DEFAULT_CONFIGS },
     'node-flags': { type: 'string', multiple: true, default: [] },
     against: { type: 'string' },
     haproxy: { type: 'boolean', default: false },
@@ -51,21 +50,16 @@ const { values: a } = parseArgs({
     rate: { type: 'string', default: '3000' },
   },
 });
-const scenario = SCENARIOS.find((s) => s.id === a.scenario && s.bodyBytes === 0 && s.idleConnections === 0);
-if (scenario === undefined) throw new Error(`--scenario: one of ${SCENARIOS.filter((s) => s.bodyBytes === 0 && s.idleConnections === 0).map((s) => s.id).join(', ')}`);
+const scenario = plainScenario(a.scenario);
 const rounds = Number(a.rounds);
-const configs = a.config.map((c) => {
-  const eq = c.indexOf('=');
-  if (eq <= 0) throw new Error(`--config ${c}: expected LABEL=FLAGS`);
-  return { label: c.slice(0, eq), flags: c.slice(eq + 1).split(/\s+/).filter((f) => f !== '') };
-});
+const configs = parseConfigs(a.config);
 // --node-flags LABEL=FLAGS: that config runs under these Node and V8 flags instead of the start script's.
 const nodeFlags = new Map(a['node-flags'].map((c) => {
   const eq = c.indexOf('=');
   if (eq <= 0 || !configs.some((k) => k.label === c.slice(0, eq))) throw new Error(`--node-flags ${c}: expected LABEL=FLAGS for a --config LABEL`);
   return [c.slice(0, eq), c.slice(eq + 1).split(/\s+/).filter((f) => f !== '')] as const;
 }));
-const trees = [{ root: ROOT, suffix: '' }, ...(a.against === undefined ? [] : [{ root: resolve(a.against), suffix: '@base' }])];
+const trees = checkouts(a.against);
 
 const rep = stderrReporter();
 // Start-up, the rounds, and room to stop.
@@ -79,17 +73,13 @@ try {
   const o = await startOrigins(hasNginx ? 'nginx' : 'node', dir, DEFAULT_PEERS_DIR);
   origins = o;
   rep.log(`origins: ${o.kind} on ports ${o.servers.map((s) => s.port).join(', ')}`);
-  if (configs.some((c) => c.flags.includes('MEMCACHED'))) {
+  if (needsMemcached(configs)) {
     memcached = await startMemcached();
     if (memcached.proc) track(memcached.proc);
   }
-  const backends = o.servers.flatMap((s) => ['--backend', `${s.name}=http://127.0.0.1:${s.port}`]);
   for (const c of configs) {
     for (const t of trees) {
-      const flags = c.flags.map((f) => (f === 'MEMCACHED' ? memcached!.address : f));
-      const threads = flags.includes('--threads') ? [] : ['--threads', '1'];
-      // Each target gets its own key prefix: they share one memcached.
-      const p = await startProxy([...backends, '--log-level', 'warn', '--key-prefix', `paired-${targets.length}:`, ...threads, ...flags], {}, t.root, nodeFlags.get(c.label));
+      const p = await startProxy(proxyArgs(c, o, memcached?.address ?? null, `paired-${targets.length}:`), {}, t.root, nodeFlags.get(c.label));
       track(p.proc);
       targets.push({ label: c.label + t.suffix, run: { port: Number(new URL(p.url).port), pids: () => [p.pid], stop: async () => { await p.stop(); } } });
     }
@@ -99,12 +89,7 @@ try {
     else targets.push({ label: 'haproxy', run: await startHaproxy(DEFAULT_PEERS_DIR, dir, o, 1) });
   }
 
-  const job = (port: number): Job => ({
-    port, connections: Number(a.connections), idleConnections: 0, idlePingMs: 0,
-    warmupMs: 500, durationMs: Number(a.seconds) * 1000, rate: Number(a.rate),
-    newShare: scenario.newShare, method: scenario.method, paths: scenario.paths, bodyBytes: 0,
-    cookieName: 'PHPSESSID', maxSessions: 20_000, requestTimeoutMs: 10_000, progressMs: 1000,
-  });
+  const job = (port: number) => plainJob(port, scenario, { connections: Number(a.connections), warmupMs: 500, durationMs: Number(a.seconds) * 1000, rate: Number(a.rate) });
   const perRound: number[][] = [];
   const rates: number[][] = [];
   for (let r = 0; r <= rounds; r++) {
@@ -116,10 +101,6 @@ try {
   }
   rep.progress(null);
 
-  const median = (xs: number[]): number => {
-    const s = [...xs].sort((x, y) => x - y);
-    return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  };
   const out = [
     `${scenario.id}, ${targets.length} targets loaded at once, ${a.connections} connections each, ${rounds} rounds of ${a.seconds} s`,
     '',

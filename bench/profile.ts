@@ -26,20 +26,19 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import type { Job } from './loadgen.ts';
+import { join } from 'node:path';
+import { DEFAULT_CONFIGS, checkouts, median, needsMemcached, parseConfigs, plainJob, plainScenario, proxyArgs, type Config } from './lib/configs.ts';
 import { drive } from './lib/drive.ts';
 import { byPart, ourFunctions, parseReport, PARTS, type Sample } from './lib/perf-report.ts';
 import { track, which } from './lib/procs.ts';
 import { DEFAULT_PEERS_DIR, startOrigins, type Origins } from './lib/servers.ts';
-import { SCENARIOS } from './lib/suite.ts';
 import { guard, stderrReporter } from './run.ts';
 import { startMemcached, type Memcached } from '../test/helpers/memcached.ts';
-import { NODE_FLAGS, ROOT, startProxy } from '../test/helpers/proxy.ts';
+import { NODE_FLAGS, startProxy } from '../test/helpers/proxy.ts';
 
 const { values: a } = parseArgs({
   options: {
-    config: { type: 'string', multiple: true, default: ['noaff=--no-affinity', 'memcached=--memcache MEMCACHED'] },
+    config: { type: 'string', multiple: true, default: DEFAULT_CONFIGS },
     against: { type: 'string' },
     scenario: { type: 'string', default: 'seed' },
     rounds: { type: 'string', default: '2' },
@@ -50,8 +49,7 @@ const { values: a } = parseArgs({
     top: { type: 'string', default: '12' },
   },
 });
-const scenario = SCENARIOS.find((s) => s.id === a.scenario && s.bodyBytes === 0 && s.idleConnections === 0);
-if (scenario === undefined) throw new Error(`--scenario: one of ${SCENARIOS.filter((s) => s.bodyBytes === 0 && s.idleConnections === 0).map((s) => s.id).join(', ')}`);
+const scenario = plainScenario(a.scenario);
 const perf = which('perf');
 if (perf === null) {
   process.stderr.write('bench:profile: perf is not installed (Debian: apt-get install linux-perf); nothing to profile\n');
@@ -61,13 +59,8 @@ const rounds = Number(a.rounds);
 const seconds = Number(a.seconds);
 const warmup = Number(a.warmup);
 const top = Number(a.top);
-const configs = a.config.map((c) => {
-  const eq = c.indexOf('=');
-  if (eq <= 0) throw new Error(`--config ${c}: expected LABEL=FLAGS`);
-  return { label: c.slice(0, eq), flags: c.slice(eq + 1).split(/\s+/).filter((f) => f !== '') };
-});
-const trees = [{ root: ROOT, suffix: '' }, ...(a.against === undefined ? [] : [{ root: resolve(a.against), suffix: '@base' }])];
-const targets = configs.flatMap((c) => trees.map((t) => ({ label: c.label + t.suffix, flags: c.flags, root: t.root })));
+const configs = parseConfigs(a.config);
+const targets = configs.flatMap((c) => checkouts(a.against).map((t) => ({ config: c, label: c.label + t.suffix, root: t.root })));
 
 /** One measured run of one target. */
 interface Profile {
@@ -83,13 +76,10 @@ let origins: Origins | null = null;
 let memcached: Memcached | null = null;
 
 /** Starts `target` alone, loads it, and profiles the measured window. */
-async function profileOnce(o: Origins, target: (typeof targets)[number], n: number): Promise<Profile> {
+async function profileOnce(o: Origins, target: { config: Config; root: string }, n: number): Promise<Profile> {
   const jitDir = mkdtempSync(join(dir, 'jit-'));
-  const backends = o.servers.flatMap((s) => ['--backend', `${s.name}=http://127.0.0.1:${s.port}`]);
-  const flags = target.flags.map((f) => (f === 'MEMCACHED' ? memcached!.address : f));
-  const threads = flags.includes('--threads') ? [] : ['--threads', '1'];
   const proxy = await startProxy(
-    [...backends, '--log-level', 'warn', '--key-prefix', `profile-${n}:`, ...threads, ...flags], {}, target.root,
+    proxyArgs(target.config, o, memcached?.address ?? null, `profile-${n}:`), {}, target.root,
     // --perf-prof also turns on V8's code log: it goes to the temp dir too, one file for every isolate.
     [...NODE_FLAGS, '--perf-prof', `--perf-prof-path=${jitDir}`, '--interpreted-frames-native-stack', '--no-logfile-per-isolate', `--logfile=${join(jitDir, 'v8.log')}`],
   );
@@ -97,12 +87,7 @@ async function profileOnce(o: Origins, target: (typeof targets)[number], n: numb
   const raw = join(jitDir, 'perf.raw');
   const rec: { perf: ChildProcess | null } = { perf: null };
   try {
-    const job: Job = {
-      port: Number(new URL(proxy.url).port), connections: Number(a.connections), idleConnections: 0, idlePingMs: 0,
-      warmupMs: warmup * 1000, durationMs: seconds * 1000, rate: Number(a.rate),
-      newShare: scenario!.newShare, method: scenario!.method, paths: scenario!.paths, bodyBytes: 0,
-      cookieName: 'PHPSESSID', maxSessions: 20_000, requestTimeoutMs: 10_000, progressMs: 1000,
-    };
+    const job = plainJob(Number(new URL(proxy.url).port), scenario, { connections: Number(a.connections), warmupMs: warmup * 1000, durationMs: seconds * 1000, rate: Number(a.rate) });
     // -k 1: the monotonic clock that jitdump's records carry, so perf inject can match them.
     const m = await drive(job, { target: () => [proxy.pid], origins: () => [], store: () => [] }, () => {}, {
       start: () => {
@@ -127,16 +112,11 @@ async function profileOnce(o: Origins, target: (typeof targets)[number], n: numb
   }
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((x, y) => x - y);
-  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
 try {
   const o = await startOrigins(which('nginx') !== null ? 'nginx' : 'node', dir, DEFAULT_PEERS_DIR);
   origins = o;
   rep.log(`origins: ${o.kind} on ports ${o.servers.map((s) => s.port).join(', ')}`);
-  if (configs.some((c) => c.flags.includes('MEMCACHED'))) {
+  if (needsMemcached(configs)) {
     memcached = await startMemcached();
     if (memcached.proc) track(memcached.proc);
   }
