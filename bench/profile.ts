@@ -85,13 +85,15 @@ async function profileOnce(o: Origins, target: { config: Config; root: string },
   );
   track(proxy.proc);
   const raw = join(jitDir, 'perf.raw');
+  // perf keeps a copy of every binary it saw (the JIT's too, one per code object) in ~/.debug: here, in the temp dir.
+  const env = { ...process.env, HOME: jitDir, PERF_BUILDID_DIR: join(jitDir, '.debug') };
   const rec: { perf: ChildProcess | null } = { perf: null };
   try {
     const job = plainJob(Number(new URL(proxy.url).port), scenario, { connections: Number(a.connections), warmupMs: warmup * 1000, durationMs: seconds * 1000, rate: Number(a.rate) });
     // -k 1: the monotonic clock that jitdump's records carry, so perf inject can match them.
     const m = await drive(job, { target: () => [proxy.pid], origins: () => [], store: () => [] }, () => {}, {
       start: () => {
-        rec.perf = spawn(perf!, ['record', '-q', '-k', '1', '-F', '999', '-p', String(proxy.pid), '-o', raw], { stdio: 'ignore' });
+        rec.perf = spawn(perf!, ['record', '-q', '-N', '-k', '1', '-F', '999', '-p', String(proxy.pid), '-o', raw], { stdio: 'ignore', env });
         track(rec.perf);
       },
       end: () => { rec.perf?.kill('SIGINT'); },
@@ -100,9 +102,9 @@ async function profileOnce(o: Origins, target: { config: Config; root: string },
     if (rec.perf.exitCode === null && rec.perf.signalCode === null) await once(rec.perf, 'exit');
     await proxy.stop(); // the jitdump is complete once the process is gone
     const injected = join(jitDir, 'perf.data');
-    const inject = spawnSync(perf!, ['inject', '--jit', '-i', raw, '-o', injected], { cwd: jitDir, encoding: 'utf8' });
+    const inject = spawnSync(perf!, ['inject', '--jit', '-i', raw, '-o', injected], { cwd: jitDir, encoding: 'utf8', env });
     if (inject.status !== 0) throw new Error(`perf inject: ${inject.stderr.trim()}`);
-    const report = spawnSync(perf!, ['report', '-i', injected, '--no-children', '--sort', 'dso,sym', '--stdio'], { cwd: jitDir, encoding: 'utf8', maxBuffer: 64 << 20 });
+    const report = spawnSync(perf!, ['report', '-i', injected, '--no-children', '--sort', 'dso,sym', '--stdio'], { cwd: jitDir, encoding: 'utf8', maxBuffer: 64 << 20, env });
     if (report.status !== 0) throw new Error(`perf report: ${report.stderr.trim()}`);
     return { usPerRequest: (m.targetCpu / m.result.requests) * 1e6, requestsPerSec: m.result.requests / m.result.seconds, samples: parseReport(report.stdout) };
   } finally {
