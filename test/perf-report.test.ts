@@ -28,9 +28,10 @@ const REPORT = `# To display the perf.data header info, please use --header/--he
      0.67%  node                  [.] node::StreamBase::CallJSOnreadMethod(long, v8::Local<v8::ArrayBuffer>, unsigned long, node::StreamBase::StreamBaseJSChecks)
      0.17%  node                  [.] uv__io_poll
      0.12%  libc.so.6             [.] __memmove_avx512_unaligned_erms
+     2.00%  haproxy               [.] process_stream
 `;
 
-test('each frame goes to its part: ours by module, Node\'s JavaScript, dependencies, V8 by kind, Node\'s C++, the kernel, libc', () => {
+test('each frame goes to its part: ours by module, Node\'s JavaScript, dependencies, V8 by kind, Node\'s C++, the kernel, libc, a peer\'s own code', () => {
   assert.deepEqual(parseReport(REPORT).map(partOf), [
     'kernel',
     "Node's JavaScript (net, streams, timers)",
@@ -50,6 +51,7 @@ test('each frame goes to its part: ours by module, Node\'s JavaScript, dependenc
     'Node C++ and libuv',
     'Node C++ and libuv',
     'libc and other native code',
+    "HAProxy's own code (a peer, for comparison)",
   ]);
 });
 

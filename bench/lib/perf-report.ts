@@ -21,6 +21,7 @@ export const PARTS = [
   'V8: JIT compilers',
   'V8: runtime',
   'Node C++ and libuv',
+  "HAProxy's own code (a peer, for comparison)",
   'kernel',
   'libc and other native code',
 ] as const;
@@ -62,6 +63,7 @@ export function ourModule(symbol: string): string | null {
 
 export function partOf(s: Sample): Part {
   if (s.kernel) return 'kernel';
+  if (s.dso === 'haproxy') return "HAProxy's own code (a peer, for comparison)";
   const sym = s.symbol;
   if (sym.startsWith('JS:')) {
     const mod = ourModule(sym);
