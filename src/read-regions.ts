@@ -4,8 +4,8 @@
 // what was read in them, so what a read delivers stays valid as a view for as
 // long as anything holds it (the zero-copy path forwards such views, and a
 // learn holds them), without Node allocating a buffer per read and pushing it
-// through a Readable stream. Measured on the seed scenario: about a tenth of a forwarded
-// request's CPU goes away with it (see README, Benchmarks).
+// through a Readable stream. Measured on the seed scenario: about a tenth of
+// a forwarded request's CPU goes away with it (see README, Benchmarks).
 //
 // A socket owns its region until a read leaves too little of it; the rest of a
 // region is the socket's next read buffer. A read that filled its buffer is a

@@ -211,8 +211,9 @@ function sealHead(d: Int32Array, slidingTtl: number, nameLength: number): number
 }
 
 // The key's digest: four 32-bit lanes of the FNV-1a step, each with its own
-// offset and odd multiplier (the first two are hash.ts's, as the near cache's), taken in one pass over the key's code units, then
-// chained through fmix32 so every word depends on all four lanes. It was
+// offset and odd multiplier (the first two are hash.ts's, as the near
+// cache's), taken in one pass over the key's code units, then chained
+// through fmix32 so every word depends on all four lanes. It was
 // sha256's first 16 bytes: a call into C++ and a Buffer per lookup and per
 // learn; a lookup took 1.8–1.9 µs with it and takes about 0.2 µs now (`npm
 // run bench:affinity`). What the digest must give is that two live keys never
