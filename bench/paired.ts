@@ -19,7 +19,7 @@
 //   its flags say otherwise. Default: noaff=--no-affinity and
 //   memcached=--memcache MEMCACHED.
 // --node-flags LABEL=FLAGS: Node and V8 flags for that config instead of the
-//   start script's (`--max-semi-space-size=1 --optimize-for-size --liftoff-only`).
+//   start script's (`--max-semi-space-size=1 --optimize-for-size --liftoff-only --no-node-snapshot`).
 // --against DIR: every config also runs from another checkout (a `git worktree`
 //   of the previous commit, say), labelled LABEL@base.
 // --haproxy: HAProxy's stick table, nbthread 1, loaded alongside (peers config).

@@ -11,7 +11,7 @@ export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 // The bin, as users run it: it turns Node's compile cache on before loading src/cli.ts.
 export const CLI = fileURLToPath(new URL('../../bin/sticky-proxy.js', import.meta.url));
 // The V8 flags bin/sticky-proxy.js and `npm start` run the proxy with.
-export const NODE_FLAGS = ['--max-semi-space-size=1', '--optimize-for-size', '--liftoff-only'];
+export const NODE_FLAGS = ['--max-semi-space-size=1', '--optimize-for-size', '--liftoff-only', '--no-node-snapshot'];
 
 export class ProxyProcess {
   readonly proc: ChildProcess;
