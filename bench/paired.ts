@@ -8,7 +8,8 @@
 // window) is steady to a few per cent. Two identical instances measure the
 // resolution: add the same config twice.
 //
-//   npm run bench:paired -- [--config LABEL=FLAGS]... [--node-flags LABEL=FLAGS]... [--against DIR] [--haproxy]
+//   npm run bench:paired -- [--config LABEL=FLAGS]... [--node-flags LABEL=FLAGS]... [--env LABEL=NAME=VALUE]...
+//                           [--against DIR] [--haproxy]
 //                           [--scenario seed|storm] [--rate R] [--rounds N] [--seconds S] [--connections C]
 //
 // --rate: requests per second offered to each target (default 3000); the sum
@@ -20,6 +21,8 @@
 //   memcached=--memcache MEMCACHED.
 // --node-flags LABEL=FLAGS: Node and V8 flags for that config instead of the
 //   start script's (`--max-semi-space-size=1 --optimize-for-size --liftoff-only --no-node-snapshot`).
+// --env LABEL=NAME=VALUE: that config's process also gets NAME=VALUE in its
+//   environment (glibc's MALLOC_ARENA_MAX, say).
 // --against DIR: every config also runs from another checkout (a `git worktree`
 //   of the previous commit, say), labelled LABEL@base.
 // --haproxy: HAProxy's stick table, nbthread 1, loaded alongside (peers config).
@@ -41,6 +44,7 @@ const { values: a } = parseArgs({
   options: {
     config: { type: 'string', multiple: true, default: DEFAULT_CONFIGS },
     'node-flags': { type: 'string', multiple: true, default: [] },
+    env: { type: 'string', multiple: true, default: [] },
     against: { type: 'string' },
     haproxy: { type: 'boolean', default: false },
     scenario: { type: 'string', default: 'seed' },
@@ -59,6 +63,13 @@ const nodeFlags = new Map(a['node-flags'].map((c) => {
   if (eq <= 0 || !configs.some((k) => k.label === c.slice(0, eq))) throw new Error(`--node-flags ${c}: expected LABEL=FLAGS for a --config LABEL`);
   return [c.slice(0, eq), c.slice(eq + 1).split(/\s+/).filter((f) => f !== '')] as const;
 }));
+// --env LABEL=NAME=VALUE: added to that config's environment.
+const envs = new Map<string, Record<string, string>>();
+for (const e of a.env) {
+  const m = /^([^=]+)=([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(e);
+  if (m === null || !configs.some((k) => k.label === m[1])) throw new Error(`--env ${e}: expected LABEL=NAME=VALUE for a --config LABEL`);
+  envs.set(m[1], { ...envs.get(m[1]), [m[2]]: m[3] });
+}
 const trees = checkouts(a.against);
 
 const rep = stderrReporter();
@@ -79,7 +90,7 @@ try {
   }
   for (const c of configs) {
     for (const t of trees) {
-      const p = await startProxy(proxyArgs(c, o, memcached?.address ?? null, `paired-${targets.length}:`), {}, t.root, nodeFlags.get(c.label));
+      const p = await startProxy(proxyArgs(c, o, memcached?.address ?? null, `paired-${targets.length}:`), envs.get(c.label) ?? {}, t.root, nodeFlags.get(c.label));
       track(p.proc);
       targets.push({ label: c.label + t.suffix, run: { port: Number(new URL(p.url).port), pids: () => [p.pid], stop: async () => { await p.stop(); } } });
     }
