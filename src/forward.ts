@@ -430,7 +430,17 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   #out(view: Buffer): void {
     if (this.#held !== null) {
       if (this.#heldBytes + view.length <= HOLD_COPY_MAX) {
-        this.#held.push(Buffer.from(view));
+        const held = this.#held;
+        if (held.length === 1 && this.#heldBytes === 0) {
+          // The head and the first body bytes in one buffer, released in one write.
+          const head = held[0];
+          const both = Buffer.allocUnsafe(head.length + view.length);
+          both.set(head, 0);
+          both.set(view, head.length);
+          held[0] = both;
+        } else {
+          held.push(Buffer.from(view));
+        }
       } else {
         this.#held.push(view);
         this.#heldViews = true;
@@ -462,9 +472,13 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     const held = this.#held;
     if (held === null || this.done) return;
     this.#held = null;
-    this.client.cork();
-    for (let i = 0; i < held.length; i++) this.#out(held[i]);
-    this.client.uncork();
+    if (held.length === 1) {
+      this.#out(held[0]);
+    } else {
+      this.client.cork();
+      for (let i = 0; i < held.length; i++) this.#out(held[i]);
+      this.client.uncork();
+    }
     if (this.#res === RES_DONE) this.#finish();
     else if (this.client.canWrite) this.upstream?.socket.resume();
   }
