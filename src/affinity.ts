@@ -241,7 +241,13 @@ class Flight implements BatchDeadline {
       for (let i = 0; i < a.outcomes.length; i++) if (a.outcomes[i] === 1) near.set(a.keys[i], a.backends[i], now);
       // Learns and unbinds reach the near cache before their answers reach the client.
       for (let j = 0; j < a.learnt.length; j++) {
-        if (a.learnt[j] !== '') for (const key of a.learnt[j].split('\n')) near.set(key, this.learnBackends[j], now);
+        const learnt = a.learnt[j];
+        // Most responses set one session cookie: no array for them.
+        if (learnt.indexOf('\n') < 0) {
+          if (learnt !== '') near.set(learnt, this.learnBackends[j], now);
+        } else {
+          for (const key of learnt.split('\n')) near.set(key, this.learnBackends[j], now);
+        }
         if (a.cleared[j] !== '') for (const key of a.cleared[j].split('\n')) near.delete(key);
       }
     }

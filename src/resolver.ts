@@ -110,14 +110,14 @@ export class Resolver {
     const backend = batch.learnBackends[j];
     const bound = batch.learnBound[j];
     const sent = batch.learnSent[j];
-    let learnt = '';
-    let cleared = '';
+    answer.learnt[j] = '';
+    answer.cleared[j] = '';
     const values = batch.learnSetCookies[j];
     // The loop sent only values that set one of its session cookies, by the names it has now (SIGHUP may change them).
-    let cookies: Iterable<SessionCookie>;
     if (values.length === 1) {
+      // The common case: one session cookie, no array or Map for it.
       const sc = sessionSetCookie(values[0], null, this.#rules, now);
-      cookies = sc === null ? [] : [sc];
+      if (sc !== null) this.#apply(sc, backend, bound, sent, j, answer, pending);
     } else {
       // When one name is set by several Set-Cookie headers, the last one counts.
       const last = new Map<string, SessionCookie>();
@@ -125,33 +125,33 @@ export class Resolver {
         const sc = sessionSetCookie(value, null, this.#rules, now);
         if (sc !== null) last.set(sc.name, sc);
       }
-      cookies = last.values();
+      for (const sc of last.values()) this.#apply(sc, backend, bound, sent, j, answer, pending);
     }
-    for (const sc of cookies) {
-      if (sc.ttl > 0) {
-        const key = sessionKey(sc.name, sc.id);
-        // A new id for the cookie the request was bound by: the app lost or rotated the session.
-        if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) answer.replaced[j] = 1;
-        this.#s.learns++;
-        pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(this.#setFailed));
-        learnt = learnt === '' ? key : `${learnt}\n${key}`;
-        continue;
-      }
-      // Clearing: the id the client sent is the one to forget (apps clear with an empty value)...
-      const sentKey = keyFor(sent, sc.name);
-      if (sentKey !== '') {
-        this.#unbind(sentKey, pending);
-        cleared = cleared === '' ? sentKey : `${cleared}\n${sentKey}`;
-      }
-      // ...and the id the clearing cookie names, if any.
-      const named = sc.id === '' ? '' : sessionKey(sc.name, sc.id);
-      if (named !== '' && named !== sentKey) {
-        this.#unbind(named, pending);
-        cleared = cleared === '' ? named : `${cleared}\n${named}`;
-      }
+  }
+
+  /** One session Set-Cookie of learn `j`: binds its id, or clears. */
+  #apply(sc: SessionCookie, backend: string, bound: string, sent: string, j: number, answer: AffinityAnswer, pending: Promise<void>[]): void {
+    if (sc.ttl > 0) {
+      const key = sessionKey(sc.name, sc.id);
+      // A new id for the cookie the request was bound by: the app lost or rotated the session.
+      if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) answer.replaced[j] = 1;
+      this.#s.learns++;
+      pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(this.#setFailed));
+      answer.learnt[j] = answer.learnt[j] === '' ? key : `${answer.learnt[j]}\n${key}`;
+      return;
     }
-    answer.learnt[j] = learnt;
-    answer.cleared[j] = cleared;
+    // Clearing: the id the client sent is the one to forget (apps clear with an empty value)...
+    const sentKey = keyFor(sent, sc.name);
+    if (sentKey !== '') {
+      this.#unbind(sentKey, pending);
+      answer.cleared[j] = answer.cleared[j] === '' ? sentKey : `${answer.cleared[j]}\n${sentKey}`;
+    }
+    // ...and the id the clearing cookie names, if any.
+    const named = sc.id === '' ? '' : sessionKey(sc.name, sc.id);
+    if (named !== '' && named !== sentKey) {
+      this.#unbind(named, pending);
+      answer.cleared[j] = answer.cleared[j] === '' ? named : `${answer.cleared[j]}\n${named}`;
+    }
   }
 
   #unbind(key: string, pending: Promise<void>[]): void {
