@@ -494,7 +494,7 @@ function onRead(this: OwnedSocket, nread: number, buf: Uint8Array): boolean {
     c.data(filled ? b : b.subarray(0, nread));
   } finally {
     if (!c.readKept) freeClientRead(b);
-    nextClientRead(c.streaming, filled);
+    nextClientRead(b, c.streaming, filled);
   }
   return true;
 }

@@ -115,11 +115,16 @@ function findInternals(socket: Socket): Internals | null {
 // Looked up once, on the first socket; null: this Node has no such internals.
 let internals: Internals | null | undefined;
 
-/** The `onread.buffer` function of client sockets: what the read callback chose (`next`), else SCRATCH. */
-function clientBuffer(): Buffer {
-  const b = next ?? SCRATCH;
+/**
+ * The `onread.buffer` function of client sockets: what the read callback
+ * chose (`next`), or undefined to read into the same buffer again. For
+ * undefined Node leaves the socket's read buffer as it is; for a buffer it
+ * asks V8 for its memory and length again (calls into C++, on every read).
+ */
+function clientBuffer(): Buffer | undefined {
+  const b = next;
   next = null;
-  return b;
+  return b ?? undefined;
 }
 
 /**
@@ -127,10 +132,12 @@ function clientBuffer(): Buffer {
  * buffer of its own while a body or tunnel streams in reads that fill their
  * buffer (`stream`, `filled`), else into SCRATCH. A stalled or trickling
  * upload pins nothing (its bytes are copied out of SCRATCH, a few at a time),
- * and a large one is copied for its first 64 KiB only.
+ * and a large one is copied for its first 64 KiB only. `current`: the
+ * buffer just read into.
  */
-export function nextClientRead(stream: boolean, filled: boolean): void {
-  next = stream && filled ? Buffer.allocUnsafeSlow(LARGE) : null;
+export function nextClientRead(current: Buffer, stream: boolean, filled: boolean): void {
+  if (stream && filled) next = Buffer.allocUnsafeSlow(LARGE);
+  else next = current === SCRATCH ? null : SCRATCH;
 }
 
 /**
@@ -163,6 +170,8 @@ export function unshared(b: Buffer): Buffer {
 
 /** Frees a client socket's own read buffer once nothing of it is kept (it may have been freed already, written whole). */
 export function freeClientRead(buf: Buffer): void {
+  // SCRATCH itself, most reads: no call for its ArrayBuffer.
+  if (buf === SCRATCH) return;
   const ab = buf.buffer as ArrayBuffer;
   if (ab !== SCRATCH_MEMORY && !ab.detached) ab.transfer(0);
 }
