@@ -170,8 +170,8 @@ export function unshared(b: Buffer): Buffer {
 
 /** Frees a client socket's own read buffer once nothing of it is kept (it may have been freed already, written whole). */
 export function freeClientRead(buf: Buffer): void {
-  // SCRATCH itself, most reads: no call for its ArrayBuffer.
+  // The socket reads into SCRATCH itself or a buffer of its own, never a view of SCRATCH.
   if (buf === SCRATCH) return;
   const ab = buf.buffer as ArrayBuffer;
-  if (ab !== SCRATCH_MEMORY && !ab.detached) ab.transfer(0);
+  if (!ab.detached) ab.transfer(0);
 }

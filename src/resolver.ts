@@ -137,20 +137,20 @@ export class Resolver {
       if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) answer.replaced[j] = 1;
       this.#s.learns++;
       pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(this.#setFailed));
-      answer.learnt[j] = answer.learnt[j] === '' ? key : `${answer.learnt[j]}\n${key}`;
+      answer.learnt[j] = withKey(answer.learnt[j], key);
       return;
     }
     // Clearing: the id the client sent is the one to forget (apps clear with an empty value)...
     const sentKey = keyFor(sent, sc.name);
     if (sentKey !== '') {
       this.#unbind(sentKey, pending);
-      answer.cleared[j] = answer.cleared[j] === '' ? sentKey : `${answer.cleared[j]}\n${sentKey}`;
+      answer.cleared[j] = withKey(answer.cleared[j], sentKey);
     }
     // ...and the id the clearing cookie names, if any.
     const named = sc.id === '' ? '' : sessionKey(sc.name, sc.id);
     if (named !== '' && named !== sentKey) {
       this.#unbind(named, pending);
-      answer.cleared[j] = answer.cleared[j] === '' ? named : `${answer.cleared[j]}\n${named}`;
+      answer.cleared[j] = withKey(answer.cleared[j], named);
     }
   }
 
@@ -162,6 +162,11 @@ export class Resolver {
   close(): Promise<void> {
     return this.store.close();
   }
+}
+
+/** '\n'-joined `keys` with `key` added. */
+function withKey(keys: string, key: string): string {
+  return keys === '' ? key : `${keys}\n${key}`;
 }
 
 /** The key for cookie `name` among '\n'-joined keys, or ''. */
