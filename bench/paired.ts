@@ -14,6 +14,9 @@
 //
 // --rate: requests per second offered to each target (default 3000); the sum
 //   must stay below what the machine serves, or a target falls behind (said).
+//   --rate 0: closed loop, every target saturated at once, each at the rate it
+//   reaches; its CPU per request is then that of the saturated regime that
+//   `npm run bench` measures, where batches and event-loop turns are larger.
 //
 // --config: a sticky-proxy configuration; MEMCACHED in FLAGS becomes the address
 //   of the memcached this run starts. Every config runs with --threads 1 unless
@@ -123,6 +126,7 @@ try {
     `| median req/s | ${targets.map((_, j) => Math.round(median(rates.map((row) => row[j]))).toLocaleString('en-US')).join(' | ')} |`,
   ];
   // A target that falls behind its rate runs at another load than the others, and CPU per request depends on the load.
+  // Closed loop (rate 0) has no rate to fall behind.
   const behind = targets.filter((_, j) => median(rates.map((row) => row[j])) < 0.97 * Number(a.rate));
   if (behind.length > 0) out.push('', `Not comparable: ${behind.map((t) => t.label).join(', ')} fell behind ${a.rate} req/s (the machine is saturated); lower --rate or load fewer targets.`);
   process.stdout.write(`${out.join('\n')}\n`);
