@@ -36,6 +36,8 @@ export interface Job {
   maxSessions: number;
   requestTimeoutMs: number;
   progressMs: number;
+  /** Date.now() at which to open the connections, so that generators loaded together measure the same window; absent: at once. */
+  startAt?: number;
 }
 
 export interface Result {
@@ -463,6 +465,7 @@ async function main(j: Job): Promise<void> {
     }
   }, 250);
 
+  if (job.startAt !== undefined) await new Promise((r) => setTimeout(r, Math.max(0, job.startAt! - Date.now())));
   const t0 = performance.now();
   const perConn = job.rate > 0 ? (job.connections * 1000) / job.rate : 0;
   for (let k = 0; k < job.connections; k++) {

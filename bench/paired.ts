@@ -103,12 +103,15 @@ try {
     else targets.push({ label: 'haproxy', run: await startHaproxy(DEFAULT_PEERS_DIR, dir, o, 1) });
   }
 
-  const job = (port: number) => plainJob(port, scenario, { connections: Number(a.connections), warmupMs: 500, durationMs: Number(a.seconds) * 1000, rate: Number(a.rate) });
+  // Every generator of a round starts at the same moment, once all of them are up: a generator
+  // that began later would go on alone at the end of its window, at a lighter load than the others'.
+  const job = (port: number, startAt: number) => plainJob(port, scenario, { connections: Number(a.connections), warmupMs: 500, durationMs: Number(a.seconds) * 1000, rate: Number(a.rate), startAt });
   const perRound: number[][] = [];
   const rates: number[][] = [];
   for (let r = 0; r <= rounds; r++) {
     rep.progress(r === 0 ? 'warm-up round' : `round ${r}/${rounds}`);
-    const ms = await Promise.all(targets.map((t) => drive(job(t.run.port), { target: () => t.run.pids(), origins: () => [], store: () => [] }, () => {})));
+    const startAt = Date.now() + 1000;
+    const ms = await Promise.all(targets.map((t) => drive(job(t.run.port, startAt), { target: () => t.run.pids(), origins: () => [], store: () => [] }, () => {})));
     if (r === 0) continue;
     perRound.push(ms.map((m) => (m.targetCpu / m.result.requests) * 1e6));
     rates.push(ms.map((m) => m.result.requests / m.result.seconds));

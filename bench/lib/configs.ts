@@ -54,10 +54,10 @@ export function needsMemcached(configs: Config[]): boolean {
 }
 
 /** The load generator's job for `scenario` against `port`; `rate` 0: closed loop. */
-export function plainJob(port: number, scenario: ScenarioDef, o: { connections: number; warmupMs: number; durationMs: number; rate: number }): Job {
+export function plainJob(port: number, scenario: ScenarioDef, o: { connections: number; warmupMs: number; durationMs: number; rate: number; startAt?: number }): Job {
   return {
     port, connections: o.connections, idleConnections: 0, idlePingMs: 0,
-    warmupMs: o.warmupMs, durationMs: o.durationMs, rate: o.rate,
+    warmupMs: o.warmupMs, durationMs: o.durationMs, rate: o.rate, startAt: o.startAt,
     newShare: scenario.newShare, method: scenario.method, paths: scenario.paths, bodyBytes: 0,
     cookieName: 'PHPSESSID', maxSessions: 20_000, requestTimeoutMs: 10_000, progressMs: 1000,
   };
