@@ -465,7 +465,8 @@ async function main(j: Job): Promise<void> {
     }
   }, 250);
 
-  if (job.startAt !== undefined) await new Promise((r) => setTimeout(r, Math.max(0, job.startAt! - Date.now())));
+  const startAt = job.startAt;
+  if (startAt !== undefined) await new Promise((r) => setTimeout(r, Math.max(0, startAt - Date.now())));
   const t0 = performance.now();
   const perConn = job.rate > 0 ? (job.connections * 1000) / job.rate : 0;
   for (let k = 0; k < job.connections; k++) {
