@@ -171,7 +171,7 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   let idStart = 0;
   let idEnd = 0;
   if (rid !== null) {
-    p += rid.line.copy(out, p);
+    p += put(out, p, rid.line, 0, rid.line.length);
     idStart = p;
     p += clientId >= 0 ? buf.copy(out, p, L[clientId * 5 + 2], L[clientId * 5 + 3]) : rid.ids.write(out, p);
     idEnd = p;

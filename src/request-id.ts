@@ -7,45 +7,51 @@ import { Buffer } from 'node:buffer';
 
 const HEX = '0123456789abcdef';
 const COUNTER_DIGITS = 12;
-export const REQUEST_ID_LENGTH = 20 + COUNTER_DIGITS;
-/** The counter wraps after 2^48 ids, centuries at a million requests per second. */
-const COUNTER_SPAN = 2 ** (4 * COUNTER_DIGITS);
+const PREFIX_DIGITS = 20;
+export const REQUEST_ID_LENGTH = PREFIX_DIGITS + COUNTER_DIGITS;
 /** The longest id a client may send and see kept (as HAProxy's unique-id-format bounds its own). */
 const MAX_CLIENT_ID = 200;
 
+/**
+ * The loop's ids. The next id is kept as its own bytes and its counter is
+ * stepped in place, hex digit by digit (an odometer: it wraps after 2^48 ids,
+ * centuries at a million requests per second), so an id is written with one
+ * short copy and no arithmetic on a 48-bit number.
+ */
 export class RequestIds {
-  readonly #prefix: Buffer;
-  readonly #prefixText: string;
-  #n = 0;
+  readonly #id = Buffer.alloc(REQUEST_ID_LENGTH);
 
   constructor() {
-    let text = '';
-    for (let i = 0; i < 20; i++) text += HEX[Math.floor(Math.random() * 16)];
-    this.#prefixText = text;
-    this.#prefix = Buffer.from(text, 'latin1');
+    for (let i = 0; i < PREFIX_DIGITS; i++) this.#id[i] = HEX.charCodeAt(Math.floor(Math.random() * 16));
+    this.#id.fill(48, PREFIX_DIGITS);
   }
 
   /** Writes the next id into out at p, without allocating; returns its length. */
   write(out: Buffer, p: number): number {
-    p += this.#prefix.copy(out, p);
-    let n = this.#take();
-    for (let i = p + COUNTER_DIGITS - 1; i >= p; i--) {
-      const d = n % 16;
-      out[i] = HEX.charCodeAt(d);
-      n = (n - d) / 16;
-    }
+    const id = this.#id;
+    for (let i = 0; i < REQUEST_ID_LENGTH; i++) out[p + i] = id[i];
+    this.#step();
     return REQUEST_ID_LENGTH;
   }
 
   /** The next id as text (for the access log, where no header carries it). */
   next(): string {
-    return this.#prefixText + this.#take().toString(16).padStart(COUNTER_DIGITS, '0');
+    const text = this.#id.toString('latin1');
+    this.#step();
+    return text;
   }
 
-  #take(): number {
-    const n = this.#n;
-    this.#n = n + 1 === COUNTER_SPAN ? 0 : n + 1;
-    return n;
+  #step(): void {
+    const id = this.#id;
+    for (let i = REQUEST_ID_LENGTH - 1; i >= PREFIX_DIGITS; i--) {
+      const c = id[i];
+      if (c === 102 /* f */) {
+        id[i] = 48;
+        continue;
+      }
+      id[i] = c === 57 /* 9 */ ? 97 : c + 1;
+      return;
+    }
   }
 }
 

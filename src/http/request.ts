@@ -8,7 +8,7 @@
 // one module-level RequestHead holds the result; the caller takes what it
 // needs (it builds the upstream head at once) before parsing again.
 import { Buffer } from 'node:buffer';
-import { COLON, CR, HTAB, LF, SP, TARGET, TOKEN, VALUE, ascii, hasTab, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
+import { COLON, CR, HTAB, LF, SP, TARGET, TOKEN, VALUE, ascii, hasTab, lineEnd, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 /** Header kinds the proxy acts on. */
 export const K_OTHER = 0;
@@ -164,8 +164,11 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
   const limitEnd = Math.min(end, pos + limits.maxHeadBytes);
 
   // Request line: method SP request-target SP HTTP-version CRLF.
-  let lf = buf.indexOf(LF, pos);
-  if (lf < 0 || lf >= limitEnd) return incomplete(head, pos, end, limits, pos);
+  let lf = lineEnd(buf, pos, limitEnd);
+  if (lf < 0) {
+    lf = buf.indexOf(LF, pos);
+    if (lf < 0 || lf >= limitEnd) return incomplete(head, pos, end, limits, pos);
+  }
   if (buf[lf - 1] !== CR || lf - 1 < pos) {
     if (lf === pos) return fail(head, 400, 'CR or LF before the request line');
     // llhttp reads a line with one space as HTTP/0.9, which may end in LF alone.
@@ -187,9 +190,14 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
       break;
     }
     if (c === SP || c === HTAB) return fail(head, 400, 'obsolete line folding');
-    lf = buf.indexOf(LF, pos);
-    if (lf < 0 || lf >= limitEnd) return incomplete(head, head.start, end, limits, pos);
-    if (buf[lf - 1] !== CR) return fail(head, 400, 'bare LF');
+    // A clean line (the common case) has been read to its end once; any other is checked byte by byte below.
+    lf = lineEnd(buf, pos, limitEnd);
+    const clean = lf >= 0;
+    if (!clean) {
+      lf = buf.indexOf(LF, pos);
+      if (lf < 0 || lf >= limitEnd) return incomplete(head, head.start, end, limits, pos);
+      if (buf[lf - 1] !== CR) return fail(head, 400, 'bare LF');
+    }
     const eol = lf - 1;
     // field-name ":" OWS field-value OWS
     let i = pos;
@@ -202,8 +210,10 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
     if (buf[i] !== COLON) return fail(head, 400, i < eol && (buf[i] === SP || buf[i] === HTAB) ? 'whitespace before colon' : 'invalid header name');
     const nameEnd = i;
     const vs = skipOws(buf, i + 1, eol);
-    for (let k = Math.max(vs, checked); k < eol; k++) {
-      if (VALUE[buf[k]] === 0) return fail(head, 400, buf[k] === CR ? 'bare CR' : 'control character in header value');
+    if (!clean) {
+      for (let k = Math.max(vs, checked); k < eol; k++) {
+        if (VALUE[buf[k]] === 0) return fail(head, 400, buf[k] === CR ? 'bare CR' : 'control character in header value');
+      }
     }
     const ve = trimOwsEnd(buf, vs, eol);
     const n = head.count;

@@ -3,7 +3,7 @@
 // bytes. Backends are trusted to name themselves, not to frame correctly: a
 // head that is malformed, or whose framing is ambiguous, is refused (502).
 import { Buffer } from 'node:buffer';
-import { COLON, CR, HTAB, LF, SP, TOKEN, VALUE, hasTab, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
+import { COLON, CR, HTAB, LF, SP, TOKEN, VALUE, hasTab, lineEnd, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 export const R_OTHER = 0;
 export const R_CONTENT_LENGTH = 1;
@@ -90,8 +90,11 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
   head.lastVia = -1;
   head.reason = '';
   const limitEnd = Math.min(end, start + MAX_RESPONSE_HEAD);
-  let lf = buf.indexOf(LF, start);
-  if (lf < 0 || lf >= limitEnd) return more(head, start, end);
+  let lf = lineEnd(buf, start, limitEnd);
+  if (lf < 0) {
+    lf = buf.indexOf(LF, start);
+    if (lf < 0 || lf >= limitEnd) return more(head, start, end);
+  }
   if (lf - 1 < start || buf[lf - 1] !== CR) return bad(head, lf === start ? 'CR or LF before the status line' : 'bare LF in status line');
   // HTTP/1.x SP 3DIGIT SP reason
   const e = lf - 1;
@@ -128,16 +131,21 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
       break;
     }
     if (c === SP || c === HTAB) return bad(head, 'obsolete line folding');
-    lf = buf.indexOf(LF, pos);
-    if (lf < 0 || lf >= limitEnd) return more(head, start, end);
-    if (buf[lf - 1] !== CR) return bad(head, 'bare LF');
+    // A clean line (the common case) has been read to its end once; any other is checked byte by byte below.
+    lf = lineEnd(buf, pos, limitEnd);
+    const clean = lf >= 0;
+    if (!clean) {
+      lf = buf.indexOf(LF, pos);
+      if (lf < 0 || lf >= limitEnd) return more(head, start, end);
+      if (buf[lf - 1] !== CR) return bad(head, 'bare LF');
+    }
     const eol = lf - 1;
     let i = pos;
     while (i < eol && TOKEN[buf[i]] === 1) i++;
     if (i === pos || buf[i] !== COLON) return bad(head, 'invalid header name');
     const nameEnd = i;
     const vs = skipOws(buf, i + 1, eol);
-    for (let k = vs; k < eol; k++) if (VALUE[buf[k]] === 0) return bad(head, 'control character in header value');
+    if (!clean) for (let k = vs; k < eol; k++) if (VALUE[buf[k]] === 0) return bad(head, 'control character in header value');
     const ve = trimOwsEnd(buf, vs, eol);
     const n = head.count;
     if (n === MAX_RESPONSE_HEADERS) return bad(head, 'too many headers');

@@ -47,6 +47,19 @@ export function ascii(s: string): Buffer {
   return Buffer.from(s, 'latin1');
 }
 
+/**
+ * Where the line at buf[pos] ends: the offset of its LF when every byte before
+ * its CR is a field-value byte and CR LF ends it before `limit`; -1 otherwise
+ * (a bad byte, a bare CR or LF, or no end yet), for the caller's exact check.
+ * A loop over the bytes a header's validation reads anyway: cheaper than
+ * Buffer#indexOf's call into C++ for lines this short.
+ */
+export function lineEnd(buf: Uint8Array, pos: number, limit: number): number {
+  let k = pos;
+  while (k < limit && VALUE[buf[k]] === 1) k++;
+  return k + 1 < limit && buf[k] === CR && buf[k + 1] === LF ? k + 1 : -1;
+}
+
 /** Skips optional whitespace (SP, HTAB) forwards. */
 export function skipOws(buf: Uint8Array, i: number, end: number): number {
   while (i < end && (buf[i] === SP || buf[i] === HTAB)) i++;
