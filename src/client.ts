@@ -11,7 +11,7 @@ import type { ProxyContext } from './context.ts';
 import { sessionKeys } from './cookies.ts';
 import type { Timed } from './deadlines.ts';
 import { Forward, logRefused, type AccessFacts, type RequestFacts } from './forward.ts';
-import { upstreamHead } from './head.ts';
+import { upstreamHead, type RequestHeadOptions } from './head.ts';
 import { PP_MORE, PP_REASONS, ProxyHeader, parseProxyHeader } from './proxy-protocol.ts';
 import { K_COOKIE, RequestHead, parseRequestHead } from './http/request.ts';
 import { freeClientRead, isScratch, nextClientRead, readThrough, unshared } from './read-regions.ts';
@@ -45,6 +45,8 @@ const LINGER_MS = 2000;
 let parsed: RequestHead | null = null;
 let cookieStarts = new Int32Array(8);
 let cookieEnds = new Int32Array(8);
+// The upstream head is built at once from these, so one object serves every request.
+const headOptions: RequestHeadOptions = { clientAddress: '', proto: 'http', forwarded: false, trusted: false, requestId: null };
 // One PROXY header is read at a time; its address is taken at once.
 const proxyHeader = new ProxyHeader();
 
@@ -345,7 +347,13 @@ export class ClientConnection implements Timed {
       // One comparison when --monitor-uri is off.
       monitor: ctx.monitorUri !== null && h.buf.compare(ctx.monitorUri, 0, ctx.monitorUri.length, h.pathStart, h.targetEnd) === 0,
     };
-    const built = upstreamHead(h, { clientAddress: this.address, proto: ctx.proto, forwarded: ctx.forwarded, trusted: this.trusted, requestId: ctx.requestId }, upgrade);
+    const o = headOptions;
+    o.clientAddress = this.address;
+    o.proto = ctx.proto;
+    o.forwarded = ctx.forwarded;
+    o.trusted = this.trusted;
+    o.requestId = ctx.requestId;
+    const built = upstreamHead(h, o, upgrade);
     // The id the backend was sent, else (no --request-id-header) one for the log alone; none is made while the access log is off.
     return new Forward(this, built, req, ctx.access === null
       ? null

@@ -28,8 +28,7 @@ export class RequestIds {
 
   /** Writes the next id into out at p, without allocating; returns its length. */
   write(out: Buffer, p: number): number {
-    const id = this.#id;
-    for (let i = 0; i < REQUEST_ID_LENGTH; i++) out[p + i] = id[i];
+    out.set(this.#id, p);
     this.#step();
     return REQUEST_ID_LENGTH;
   }

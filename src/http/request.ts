@@ -41,9 +41,9 @@ const METHODS = [
   'LINK', 'UNLINK', 'SOURCE', 'QUERY',
 ];
 const METHOD_BYTES = METHODS.map(ascii);
-/** Methods a client may expect to be replayed (RFC 9110 section 9.2.2). */
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
-const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+/** Methods a client may expect to be replayed (RFC 9110 section 9.2.2), by index into METHODS. */
+const IDEMPOTENT = METHODS.map((m) => ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'].includes(m));
+const SAFE = METHODS.map((m) => ['GET', 'HEAD', 'OPTIONS', 'TRACE'].includes(m));
 
 export interface HeadLimits {
   /** Bytes of the whole head (request line and headers): 431 beyond. */
@@ -331,26 +331,28 @@ function requestLine(head: RequestHead, buf: Buffer, s: number, e: number, limit
   if (major !== 1 || minor > 1) return fail(head, 505, 'HTTP version not supported');
   head.minor = minor;
   // Looked up once the line is known to be HTTP/1.x: llhttp takes a line with no version as HTTP/0.9, whatever its method.
-  const method = knownMethod(buf, s, methodEnd);
-  if (method === '') return fail(head, 501, 'unknown method');
+  const m = knownMethod(buf, s, methodEnd);
+  if (m < 0) return fail(head, 501, 'unknown method');
+  const method = METHODS[m];
   head.method = method;
-  head.idempotent = IDEMPOTENT.has(method);
-  head.safe = SAFE.has(method);
+  head.idempotent = IDEMPOTENT[m];
+  head.safe = SAFE[m];
   head.isHead = method === 'HEAD';
   if (method === 'CONNECT') return fail(head, 501, 'CONNECT is not supported: this is a reverse proxy');
   return target(head, buf, ts, head.targetEnd);
 }
 
-function knownMethod(buf: Buffer, s: number, e: number): string {
+/** The method's index in METHODS, or -1. */
+function knownMethod(buf: Buffer, s: number, e: number): number {
   const len = e - s;
   for (let m = 0; m < METHOD_BYTES.length; m++) {
     const b = METHOD_BYTES[m];
     if (b.length !== len) continue;
     let k = 0;
     while (k < len && buf[s + k] === b[k]) k++;
-    if (k === len) return METHODS[m];
+    if (k === len) return m;
   }
-  return '';
+  return -1;
 }
 
 /** Origin-form, absolute-form (http/https only, no userinfo) or "*" for OPTIONS. */
