@@ -190,26 +190,34 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
       break;
     }
     if (c === SP || c === HTAB) return fail(head, 400, 'obsolete line folding');
-    // A clean line (the common case) has been read to its end once; any other is checked byte by byte below.
-    lf = lineEnd(buf, pos, limitEnd);
+    // field-name ":" OWS field-value OWS. A clean line (the common case) is
+    // read once: its name through the token table, then its value to CR LF.
+    // Any other line is read again below, byte by byte, for its exact refusal.
+    let i = pos;
+    let underscore = false;
+    while (i < limitEnd && TOKEN[buf[i]] === 1) {
+      if (buf[i] === 95) underscore = true;
+      i++;
+    }
+    let nameEnd = i;
+    lf = i > pos && buf[i] === COLON ? lineEnd(buf, i + 1, limitEnd) : -1;
     const clean = lf >= 0;
     if (!clean) {
       lf = buf.indexOf(LF, pos);
       if (lf < 0 || lf >= limitEnd) return incomplete(head, head.start, end, limits, pos);
       if (buf[lf - 1] !== CR) return fail(head, 400, 'bare LF');
+      i = pos;
+      underscore = false;
+      while (i < lf - 1 && TOKEN[buf[i]] === 1) {
+        if (buf[i] === 95) underscore = true;
+        i++;
+      }
+      if (i === pos) return fail(head, 400, 'empty header name');
+      if (buf[i] !== COLON) return fail(head, 400, i < lf - 1 && (buf[i] === SP || buf[i] === HTAB) ? 'whitespace before colon' : 'invalid header name');
+      nameEnd = i;
     }
     const eol = lf - 1;
-    // field-name ":" OWS field-value OWS
-    let i = pos;
-    let underscore = false;
-    while (i < eol && TOKEN[buf[i]] === 1) {
-      if (buf[i] === 95) underscore = true;
-      i++;
-    }
-    if (i === pos) return fail(head, 400, 'empty header name');
-    if (buf[i] !== COLON) return fail(head, 400, i < eol && (buf[i] === SP || buf[i] === HTAB) ? 'whitespace before colon' : 'invalid header name');
-    const nameEnd = i;
-    const vs = skipOws(buf, i + 1, eol);
+    const vs = skipOws(buf, nameEnd + 1, eol);
     if (!clean) {
       for (let k = Math.max(vs, checked); k < eol; k++) {
         if (VALUE[buf[k]] === 0) return fail(head, 400, buf[k] === CR ? 'bare CR' : 'control character in header value');

@@ -91,7 +91,8 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
   head.reason = '';
   const limitEnd = Math.min(end, start + MAX_RESPONSE_HEAD);
   let lf = lineEnd(buf, start, limitEnd);
-  if (lf < 0) {
+  const cleanStatus = lf >= 0;
+  if (!cleanStatus) {
     lf = buf.indexOf(LF, start);
     if (lf < 0 || lf >= limitEnd) return more(head, start, end);
   }
@@ -115,7 +116,7 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
   }
   if (status < 100) return bad(head, 'status code below 100');
   if (e > start + 12 && buf[start + 12] !== SP) return bad(head, buf[start + 12] === CR ? 'bare CR in the status line' : 'invalid status line');
-  for (let k = start + 13; k < e; k++) if (VALUE[buf[k]] === 0) return bad(head, 'invalid reason phrase');
+  if (!cleanStatus) for (let k = start + 13; k < e; k++) if (VALUE[buf[k]] === 0) return bad(head, 'invalid reason phrase');
   head.status = status;
   head.statusStart = start + 9;
   head.statusEnd = e;
@@ -131,20 +132,25 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
       break;
     }
     if (c === SP || c === HTAB) return bad(head, 'obsolete line folding');
-    // A clean line (the common case) has been read to its end once; any other is checked byte by byte below.
-    lf = lineEnd(buf, pos, limitEnd);
+    // A clean line (the common case) is read once: its name through the
+    // token table, then its value to CR LF. Any other line is read again
+    // below, byte by byte, for its exact refusal.
+    let i = pos;
+    while (i < limitEnd && TOKEN[buf[i]] === 1) i++;
+    let nameEnd = i;
+    lf = i > pos && buf[i] === COLON ? lineEnd(buf, i + 1, limitEnd) : -1;
     const clean = lf >= 0;
     if (!clean) {
       lf = buf.indexOf(LF, pos);
       if (lf < 0 || lf >= limitEnd) return more(head, start, end);
       if (buf[lf - 1] !== CR) return bad(head, 'bare LF');
+      i = pos;
+      while (i < lf - 1 && TOKEN[buf[i]] === 1) i++;
+      if (i === pos || buf[i] !== COLON) return bad(head, 'invalid header name');
+      nameEnd = i;
     }
     const eol = lf - 1;
-    let i = pos;
-    while (i < eol && TOKEN[buf[i]] === 1) i++;
-    if (i === pos || buf[i] !== COLON) return bad(head, 'invalid header name');
-    const nameEnd = i;
-    const vs = skipOws(buf, i + 1, eol);
+    const vs = skipOws(buf, nameEnd + 1, eol);
     if (!clean) for (let k = vs; k < eol; k++) if (VALUE[buf[k]] === 0) return bad(head, 'control character in header value');
     const ve = trimOwsEnd(buf, vs, eol);
     const n = head.count;
