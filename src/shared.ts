@@ -5,6 +5,11 @@
 // client connections of each loop (the process-wide --max-connections) and
 // each loop's requests in flight per backend (one view in /backends). A loop
 // writes only its own counters; the state words are written with Atomics.
+// Reads that take one word are plain loads, as the counters' are: an aligned
+// 32-bit word is read whole (x86-64, AArch64), and a read a moment old routes
+// one request as a read a moment earlier would. They run for every request
+// (the balancer's pick, a binding's backend is up), where Atomics.load, a
+// call into a V8 builtin, costs ~10 ns against ~2.
 export const MAX_LOOPS = 64;
 export const MAX_BACKENDS = 256;
 
@@ -84,7 +89,7 @@ export class SharedState {
   /** The slot's liveness; an ejection past its cool-down ends here, once (compare-exchange). */
   liveness(slot: number): number {
     const w = this.#words;
-    const live = Atomics.load(w, slot * WORDS + LIVENESS);
+    const live = w[slot * WORDS + LIVENESS];
     if (live !== LIVE_EJECTED || Date.now() < this.#ejectedUntil[slot]) return live;
     if (Atomics.compareExchange(w, slot * WORDS + LIVENESS, LIVE_EJECTED, LIVE_UP) === LIVE_EJECTED) {
       Atomics.store(w, slot * WORDS + FAILURES, 0);
@@ -115,11 +120,11 @@ export class SharedState {
   }
 
   succeeded(slot: number): void {
-    if (Atomics.load(this.#words, slot * WORDS + FAILURES) !== 0) Atomics.store(this.#words, slot * WORDS + FAILURES, 0);
+    if (this.#words[slot * WORDS + FAILURES] !== 0) Atomics.store(this.#words, slot * WORDS + FAILURES, 0);
   }
 
   admin(slot: number): number {
-    return Atomics.load(this.#words, slot * WORDS + ADMIN);
+    return this.#words[slot * WORDS + ADMIN];
   }
 
   setAdmin(slot: number, state: number): void {
@@ -127,7 +132,7 @@ export class SharedState {
   }
 
   weight(slot: number): number {
-    return Atomics.load(this.#words, slot * WORDS + WEIGHT);
+    return this.#words[slot * WORDS + WEIGHT];
   }
 
   setWeight(slot: number, weight: number): void {
