@@ -9,13 +9,9 @@
 //   node bench/affinity.ts [--against DIR] [--rounds N]
 // --against DIR: another checkout (say `git worktree add /tmp/base HEAD~`),
 // measured in the same run, its rounds alternating with this tree's.
-import { parseArgs } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import { median, microRun, nsPerCall } from './lib/micro.ts';
 
-const { values: args } = parseArgs({ options: { against: { type: 'string' }, rounds: { type: 'string', default: '7' } } });
-const here = fileURLToPath(new URL('..', import.meta.url));
-const trees = [here, ...(args.against === undefined ? [] : [args.against])];
-const rounds = Number(args.rounds);
+const { trees, rounds } = microRun();
 const N = 5000;
 const OPS = 400_000;
 
@@ -59,14 +55,7 @@ for (let i = 0; i < N; i++) {
   heads.ids.push(id);
 }
 
-function time(f: (i: number) => number): number {
-  let sink = 0;
-  const t = process.hrtime.bigint();
-  for (let k = 0; k < OPS; k++) sink += f(k % N);
-  const ns = Number(process.hrtime.bigint() - t) / OPS;
-  if (sink < 0) throw new Error('unreachable');
-  return ns;
-}
+const time = (f: (i: number) => number): number => nsPerCall(f, OPS, N);
 
 const subjects = await Promise.all(trees.map((t, i) => subject(t, i === 0 ? 'this tree' : t)));
 const results = subjects.map(() => ({ keys: [] as number[], both: [] as number[], embedded: [] as number[] }));
@@ -77,7 +66,6 @@ for (let r = 0; r < rounds; r++) {
     results[j].embedded.push(time((i) => (sub.lookup(sub.keys(i)) ? 1 : 0)));
   });
 }
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 console.log(`| tree | session keys, ns | + near cache get, ns | get alone, ns | + embedded store lookup, ns | lookup alone, ns |`);
 console.log(`|---|---:|---:|---:|---:|---:|`);
 subjects.forEach((sub, j) => {

@@ -10,13 +10,9 @@
 // --against DIR: another checkout (say `git worktree add /tmp/base HEAD~`),
 // measured in the same run, its rounds alternating with this tree's.
 import { Buffer } from 'node:buffer';
-import { parseArgs } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import { median, microRun, nsPerCall } from './lib/micro.ts';
 
-const { values: args } = parseArgs({ options: { against: { type: 'string' }, rounds: { type: 'string', default: '7' } } });
-const here = fileURLToPath(new URL('..', import.meta.url));
-const trees = [here, ...(args.against === undefined ? [] : [args.against])];
-const rounds = Number(args.rounds);
+const { trees, rounds } = microRun();
 const N = 1000;
 const OPS = 400_000;
 
@@ -70,14 +66,7 @@ async function subject(root: string, label: string): Promise<Subject> {
   };
 }
 
-function time(f: (i: number) => number): number {
-  let sink = 0;
-  const t = process.hrtime.bigint();
-  for (let k = 0; k < OPS; k++) sink += f(k % N);
-  const ns = Number(process.hrtime.bigint() - t) / OPS;
-  if (sink < 0) throw new Error('unreachable');
-  return ns;
-}
+const time = (f: (i: number) => number): number => nsPerCall(f, OPS, N);
 
 const subjects = await Promise.all(trees.map((t, i) => subject(t, i === 0 ? 'this tree' : t)));
 const results = subjects.map(() => ({ request: [] as number[], upstream: [] as number[], response: [] as number[], client: [] as number[] }));
@@ -89,7 +78,6 @@ for (let r = 0; r < rounds; r++) {
     results[j].client.push(time(sub.client));
   });
 }
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 console.log('| tree | request parsed, ns | + upstream head built, ns | built alone, ns | response parsed, ns | + client head built, ns | built alone, ns | all four, ns |');
 console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
 subjects.forEach((sub, j) => {
