@@ -3,7 +3,9 @@
 // (upstreamHead, with the default x-request-id), then the backend's response
 // head parsed (parseResponseHead) and the head sent to the client built
 // (clientHead). The heads are the seed's: the bench's request with its
-// session cookie, and nginx's answer, one in twenty with Set-Cookie.
+// session cookie, and nginx's answer, one in twenty with Set-Cookie. Also
+// what a slowloris client costs the parser: a 15 KiB head sent a byte at a
+// time, parsed again at every byte as the proxy does (ms for all of it).
 // What the socket benchmarks cannot resolve: this is ~2 µs of a request's
 // ~25, and two identical proxies differ by ±3–6% there. Usage:
 //   node bench/heads.ts [--against DIR] [--rounds N]
@@ -34,7 +36,20 @@ for (let i = 0; i < N; i++) {
   responses.push({ buf: reads, start: at + 256, end: at + 256 + res.length });
 }
 
-interface Subject { label: string; request(i: number): number; upstream(i: number): number; response(i: number): number; client(i: number): number }
+interface Subject {
+  label: string;
+  request(i: number): number;
+  upstream(i: number): number;
+  response(i: number): number;
+  client(i: number): number;
+  /** ms to take the slow head a byte at a time. */
+  trickled(): number;
+}
+
+// Many 100-byte header lines, up to just below the default 16 KiB head limit.
+let slowText = 'GET / HTTP/1.1\r\nHost: a\r\n';
+while (slowText.length < 15_000) slowText += `X-Pad-${slowText.length}: ${'v'.repeat(90)}\r\n`;
+const slowHead = Buffer.from(`${slowText}\r\n`, 'latin1');
 
 async function subject(root: string, label: string): Promise<Subject> {
   const { RequestHead, parseRequestHead } = await import(`${root}/src/http/request.ts`);
@@ -63,28 +78,43 @@ async function subject(root: string, label: string): Promise<Subject> {
     upstream: (i) => request(i) + upstreamHead(h, options, false).bytes.length,
     response,
     client: (i) => response(i) + clientHead(r, false, CLIENT_KEEP).length,
+    trickled(): number {
+      const many = new RequestHead(400);
+      const slowLimits = { ...limits, maxHeaders: 400 };
+      const t = process.hrtime.bigint();
+      // As ClientConnection does: -1 for a head not yet seen, then how far it was validated.
+      let checked = -1;
+      for (let end = 1; end <= slowHead.length; end++) {
+        const n = parseRequestHead(many, slowHead, 0, end, slowLimits, checked);
+        if (n < 0) throw new Error(`slow head refused: ${many.reason}`);
+        if (n > 0) break;
+        checked = many.validEnd;
+      }
+      return Number(process.hrtime.bigint() - t) / 1e6;
+    },
   };
 }
 
 const time = (f: (i: number) => number): number => nsPerCall(f, OPS, N);
 
 const subjects = await Promise.all(trees.map((t, i) => subject(t, i === 0 ? 'this tree' : t)));
-const results = subjects.map(() => ({ request: [] as number[], upstream: [] as number[], response: [] as number[], client: [] as number[] }));
+const results = subjects.map(() => ({ request: [] as number[], upstream: [] as number[], response: [] as number[], client: [] as number[], trickled: [] as number[] }));
 for (let r = 0; r < rounds; r++) {
   subjects.forEach((sub, j) => {
     results[j].request.push(time(sub.request));
     results[j].upstream.push(time(sub.upstream));
     results[j].response.push(time(sub.response));
     results[j].client.push(time(sub.client));
+    results[j].trickled.push(sub.trickled());
   });
 }
-console.log('| tree | request parsed, ns | + upstream head built, ns | built alone, ns | response parsed, ns | + client head built, ns | built alone, ns | all four, ns |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+console.log('| tree | request parsed, ns | + upstream head built, ns | built alone, ns | response parsed, ns | + client head built, ns | built alone, ns | all four, ns | 15 KiB head a byte at a time, ms |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
 subjects.forEach((sub, j) => {
   const q = median(results[j].request);
   const u = median(results[j].upstream);
   const s = median(results[j].response);
   const c = median(results[j].client);
-  console.log(`| ${sub.label} | ${q.toFixed(0)} | ${u.toFixed(0)} | ${(u - q).toFixed(0)} | ${s.toFixed(0)} | ${c.toFixed(0)} | ${(c - s).toFixed(0)} | ${(u + c).toFixed(0)} |`);
+  console.log(`| ${sub.label} | ${q.toFixed(0)} | ${u.toFixed(0)} | ${(u - q).toFixed(0)} | ${s.toFixed(0)} | ${c.toFixed(0)} | ${(c - s).toFixed(0)} | ${(u + c).toFixed(0)} | ${median(results[j].trickled).toFixed(1)} |`);
 });
 console.log(`\nmedians of ${rounds} rounds of ${OPS} requests over ${N} heads; node ${process.version}`);

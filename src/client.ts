@@ -61,8 +61,8 @@ export class ClientConnection implements Timed {
   #state = HEAD;
   /** Received bytes not yet consumed: a partial head, or what follows the request being served. */
   #rest: Buffer | null = null;
-  /** How far the partial head in #rest was validated already. */
-  #checked = 0;
+  /** How far the partial head in #rest was validated already; -1 for a head not yet seen. */
+  #checked = -1;
   #headTimer = false;
   /** When the head being received began (set with #headTimer), for a refused head's access log line. */
   #headAt = 0;
@@ -285,7 +285,7 @@ export class ClientConnection implements Timed {
           this.#refuse(-r, h.reason);
           return;
         }
-        this.#checked = 0;
+        this.#checked = -1;
         this.#headTimer = false;
         const f = this.#begin(h);
         this.forward = f;

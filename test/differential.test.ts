@@ -166,7 +166,7 @@ function ours(type: number, chunks: Buffer[]): Outcome {
   const res = new ResponseHead();
   let rest: Buffer | null = null;
   let restAt = 0;
-  let checked = 0;
+  let checked = -1;
   let inBody = false;
   let reader: ChunkedReader | null = null;
   let left = 0;
@@ -226,7 +226,7 @@ function ours(type: number, chunks: Buffer[]): Outcome {
         checked = req.validEnd - start;
         break;
       }
-      checked = 0;
+      checked = -1;
       if (r < 0) return refuse(true, type === REQUEST ? req.reason : res.reason);
       start = r;
       reader = null;

@@ -133,9 +133,10 @@ export class RequestHead {
  * Parses a request head starting at buf[start]. Returns the offset just past
  * the head when it is complete, 0 when more bytes are needed, or minus the
  * status to answer (400, 414, 431, 501, 505) with `head.reason` set.
- * `checked` is how far earlier calls on the same bytes already validated them.
+ * `checked`: -1 for bytes seen the first time; for a head parsed again as
+ * more of it arrives, how far earlier calls already validated it.
  */
-export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, end: number, limits: HeadLimits, checked = 0): number {
+export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, end: number, limits: HeadLimits, checked = -1): number {
   head.buf = buf;
   head.start = start;
   head.count = 0;
@@ -164,7 +165,11 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
   const limitEnd = Math.min(end, pos + limits.maxHeadBytes);
 
   // Request line: method SP request-target SP HTTP-version CRLF.
-  let lf = lineEnd(buf, pos, limitEnd);
+  // A head parsed again (it arrives in pieces) takes the careful path for
+  // every line: a memchr search for its end, and no second read of what was
+  // validated, so a head sent a byte at a time costs what it always did.
+  const again = checked >= 0;
+  let lf = again ? -1 : lineEnd(buf, pos, limitEnd);
   if (lf < 0) {
     lf = buf.indexOf(LF, pos);
     if (lf < 0 || lf >= limitEnd) return incomplete(head, pos, end, limits, pos);
@@ -192,15 +197,20 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
     if (c === SP || c === HTAB) return fail(head, 400, 'obsolete line folding');
     // field-name ":" OWS field-value OWS. A clean line (the common case) is
     // read once: its name through the token table, then its value to CR LF.
-    // Any other line is read again below, byte by byte, for its exact refusal.
+    // Any other line, or any in a head parsed again, takes the path below: a
+    // search for its end, then a check byte by byte for its exact refusal.
     let i = pos;
     let underscore = false;
-    while (i < limitEnd && TOKEN[buf[i]] === 1) {
-      if (buf[i] === 95) underscore = true;
-      i++;
+    let nameEnd = pos;
+    lf = -1;
+    if (!again) {
+      while (i < limitEnd && TOKEN[buf[i]] === 1) {
+        if (buf[i] === 95) underscore = true;
+        i++;
+      }
+      nameEnd = i;
+      lf = i > pos && buf[i] === COLON ? lineEnd(buf, i + 1, limitEnd) : -1;
     }
-    let nameEnd = i;
-    lf = i > pos && buf[i] === COLON ? lineEnd(buf, i + 1, limitEnd) : -1;
     const clean = lf >= 0;
     if (!clean) {
       lf = buf.indexOf(LF, pos);
