@@ -102,6 +102,16 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   status = 0;
   /** The answer's head went out to the client. */
   started = false;
+  /**
+   * While a backend's read that brought a head is handled: its bytes before
+   * the body (the backend's head, parsed), which the client's head may take
+   * (#room, in #roomBuf), -1 when no body bytes came with the head; and the
+   * length of the client's head placed there, not yet written (#placed).
+   */
+  #room = -1;
+  #roomBuf: Buffer | null = null;
+  #placed = 0;
+  #corked = false;
   /** The head and body views held while a learn is stored. */
   #held: Buffer[] | null = null;
   /** Body bytes among them. */
@@ -311,17 +321,25 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       }
       start = r; // other 1xx are news for this hop only
     }
-    // The head and the body bytes that came with it leave in one write.
-    const client = this.client;
+    // The head and the body bytes that came with it leave in one write: one
+    // view, the client's head written over the backend's just before the
+    // body, when it fits there (#responseHead); else both, corked.
     const more = start < buf.length;
-    if (more) client.cork();
+    this.#room = !more ? -1 : base === 0 ? start : 0;
+    this.#roomBuf = chunk;
     this.#responseHead();
     // Body bytes that came with the head are views of the received chunk, not copies.
     if (more && !this.done) {
       if (start >= base) this.#responseBody(chunk, start - base, chunk.length);
       else this.#responseBody(buf, start, buf.length);
     }
-    if (more) client.uncork();
+    this.#flushPlaced();
+    this.#room = -1;
+    this.#roomBuf = null;
+    if (this.#corked) {
+      this.#corked = false;
+      this.client.uncork();
+    }
     return this.#nothingKept();
   }
 
@@ -369,7 +387,16 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       this.#heldViews = false;
       this.#learning = true;
       ctx.affinity.learn(b.name, setCookies, req.keys, this.boundKey, this);
+    } else if (out.length <= this.#room && this.#res === RES_BODY) {
+      // The backend's head is read: its bytes take the client's, written with the body that follows them.
+      this.#roomBuf!.set(out, this.#room - out.length);
+      this.#placed = out.length;
+      this.started = true;
     } else {
+      if (this.#room >= 0) {
+        this.#corked = true;
+        this.client.cork();
+      }
       this.#out(out);
     }
     if (this.#res === RES_DONE) this.#complete();
@@ -390,7 +417,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     switch (this.#framing) {
       case BODY_LENGTH: {
         const n = Math.min(this.#resLeft, e - s);
-        this.#out(s === 0 && n === buf.length ? buf : buf.subarray(s, s + n));
+        this.#outFrom(buf, s, s + n);
         this.#resLeft -= n;
         if (s + n < e) this.#reusable = false;
         if (this.#resLeft === 0) this.#complete();
@@ -403,7 +430,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
           this.#brokenResponse(`bad chunked body: ${this.#resChunks!.error}`);
           return;
         }
-        if (!this.#dechunk && r > s) this.#out(s === 0 && r === buf.length ? buf : buf.subarray(s, r));
+        if (!this.#dechunk && r > s) this.#outFrom(buf, s, r);
         if (this.#resChunks!.done) {
           if (r < e) this.#reusable = false;
           this.#complete();
@@ -413,7 +440,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
         return;
       }
       case BODY_CLOSE:
-        this.#out(s === 0 ? buf : buf.subarray(s, e));
+        this.#outFrom(buf, s, e);
         this.upstream!.waitFor(this.ctx.upstreamBodyTimeoutMs);
         return;
       default:
@@ -424,6 +451,17 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   /** Chunk data for an HTTP/1.0 client, which gets the body without chunked framing. */
   chunkData(buf: Buffer, start: number, end: number): void {
     this.#out(buf.subarray(start, end));
+  }
+
+  /** Body bytes buf[s, e) as #out takes them: with a head placed just before them, one view of both, made once. */
+  #outFrom(buf: Buffer, s: number, e: number): void {
+    const placed = this.#placed;
+    if (placed > 0 && buf === this.#roomBuf && s === this.#room) {
+      this.#placed = 0;
+      this.#write(Buffer.from(buf.buffer, buf.byteOffset + s - placed, placed + e - s));
+      return;
+    }
+    this.#out(s === 0 && e === buf.length ? buf : buf.subarray(s, e));
   }
 
   /** Writes to the client, or holds while a learn is stored; a full client pauses the backend. */
@@ -451,9 +489,31 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       if (this.#heldBytes >= HOLD_MAX) this.upstream?.socket.pause();
       return;
     }
+    const placed = this.#placed;
+    if (placed > 0) {
+      // Bytes that do not follow the placed head (a chunked body's data, dechunked for HTTP/1.0): both, corked.
+      this.#placed = 0;
+      this.client.cork();
+      this.#write(this.#roomBuf!.subarray(this.#room - placed, this.#room));
+      this.#write(view);
+      this.client.uncork();
+      return;
+    }
+    this.#write(view);
+  }
+
+  #write(view: Buffer): void {
     this.started = true;
     this.bytesOut += view.length;
     if (!this.client.write(view)) this.upstream?.socket.pause();
+  }
+
+  /** A placed head that no body bytes followed goes out alone (unless the exchange was cut meanwhile). */
+  #flushPlaced(): void {
+    const placed = this.#placed;
+    if (placed === 0) return;
+    this.#placed = 0;
+    if (!this.done) this.#write(this.#roomBuf!.subarray(this.#room - placed, this.#room));
   }
 
   /** The client can take more. */
@@ -491,6 +551,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   /** The answer is complete: the connection goes back to the pool, the client's goes on. */
   #finish(): void {
     if (this.done) return;
+    this.#flushPlaced();
     this.done = true;
     const up = this.upstream;
     this.upstream = null;
