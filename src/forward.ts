@@ -491,13 +491,13 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     }
     const placed = this.#placed;
     if (placed > 0) {
-      // Bytes that do not follow the placed head (a chunked body's data, dechunked for HTTP/1.0): both, corked.
+      // Bytes that do not follow the placed head (a chunked body's data,
+      // dechunked for HTTP/1.0): the head, then they and the rest of this
+      // read's, corked until upstreamData is done with it.
       this.#placed = 0;
+      this.#corked = true;
       this.client.cork();
       this.#write(this.#roomBuf!.subarray(this.#room - placed, this.#room));
-      this.#write(view);
-      this.client.uncork();
-      return;
     }
     this.#write(view);
   }
