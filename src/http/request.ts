@@ -8,7 +8,7 @@
 // one module-level RequestHead holds the result; the caller takes what it
 // needs (it builds the upstream head at once) before parsing again.
 import { Buffer } from 'node:buffer';
-import { COLON, CR, HTAB, LF, SP, TARGET, TOKEN, VALUE, ascii, hasTab, lineEnd, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
+import { COLON, CR, HTAB, LF, SP, TARGET, TOKEN, VALUE, ascii, cleanHeaderLine, hasTab, headerLine, lineEnd, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 /** Header kinds the proxy acts on. */
 export const K_OTHER = 0;
@@ -199,24 +199,15 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
     // read once: its name through the token table, then its value to CR LF.
     // Any other line, or any in a head parsed again, takes the path below: a
     // search for its end, then a check byte by byte for its exact refusal.
-    let i = pos;
-    let underscore = false;
-    let nameEnd = pos;
-    lf = -1;
-    if (!again) {
-      while (i < limitEnd && TOKEN[buf[i]] === 1) {
-        if (buf[i] === 95) underscore = true;
-        i++;
-      }
-      nameEnd = i;
-      lf = i > pos && buf[i] === COLON ? lineEnd(buf, i + 1, limitEnd) : -1;
-    }
+    lf = again ? -1 : cleanHeaderLine(buf, pos, limitEnd);
     const clean = lf >= 0;
+    let nameEnd = headerLine.nameEnd;
+    let underscore = headerLine.underscore;
     if (!clean) {
       lf = buf.indexOf(LF, pos);
       if (lf < 0 || lf >= limitEnd) return incomplete(head, head.start, end, limits, pos);
       if (buf[lf - 1] !== CR) return fail(head, 400, 'bare LF');
-      i = pos;
+      let i = pos;
       underscore = false;
       while (i < lf - 1 && TOKEN[buf[i]] === 1) {
         if (buf[i] === 95) underscore = true;

@@ -3,7 +3,7 @@
 // bytes. Backends are trusted to name themselves, not to frame correctly: a
 // head that is malformed, or whose framing is ambiguous, is refused (502).
 import { Buffer } from 'node:buffer';
-import { COLON, CR, HTAB, LF, SP, TOKEN, VALUE, hasTab, lineEnd, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
+import { COLON, CR, HTAB, LF, SP, TOKEN, VALUE, cleanHeaderLine, hasTab, headerLine, lineEnd, lower, parseLength, skipOws, trimOwsEnd } from './syntax.ts';
 
 export const R_OTHER = 0;
 export const R_CONTENT_LENGTH = 1;
@@ -135,16 +135,14 @@ export function parseResponseHead(head: ResponseHead, buf: Buffer, start: number
     // A clean line (the common case) is read once: its name through the
     // token table, then its value to CR LF. Any other line is read again
     // below, byte by byte, for its exact refusal.
-    let i = pos;
-    while (i < limitEnd && TOKEN[buf[i]] === 1) i++;
-    let nameEnd = i;
-    lf = i > pos && buf[i] === COLON ? lineEnd(buf, i + 1, limitEnd) : -1;
+    lf = cleanHeaderLine(buf, pos, limitEnd);
     const clean = lf >= 0;
+    let nameEnd = headerLine.nameEnd;
     if (!clean) {
       lf = buf.indexOf(LF, pos);
       if (lf < 0 || lf >= limitEnd) return more(head, start, end);
       if (buf[lf - 1] !== CR) return bad(head, 'bare LF');
-      i = pos;
+      let i = pos;
       while (i < lf - 1 && TOKEN[buf[i]] === 1) i++;
       if (i === pos || buf[i] !== COLON) return bad(head, 'invalid header name');
       nameEnd = i;

@@ -60,6 +60,28 @@ export function lineEnd(buf: Uint8Array, pos: number, limit: number): number {
   return k + 1 < limit && buf[k] === CR && buf[k + 1] === LF ? k + 1 : -1;
 }
 
+/** What the last cleanHeaderLine found: where the name ends (its colon), and whether the name holds '_'. */
+export const headerLine = { nameEnd: 0, underscore: false };
+
+/**
+ * A header line at buf[pos] read once, the common case: a token name, a
+ * colon, then field-value bytes to CR LF before `limit`. Returns the offset
+ * of its LF (the name's end and '_' in `headerLine`), or -1 when the line is
+ * not clean or not whole: the caller's careful path then says why.
+ */
+export function cleanHeaderLine(buf: Uint8Array, pos: number, limit: number): number {
+  let i = pos;
+  let underscore = false;
+  while (i < limit && TOKEN[buf[i]] === 1) {
+    if (buf[i] === 95) underscore = true;
+    i++;
+  }
+  if (i === pos || buf[i] !== COLON) return -1;
+  headerLine.nameEnd = i;
+  headerLine.underscore = underscore;
+  return lineEnd(buf, i + 1, limit);
+}
+
 /** Skips optional whitespace (SP, HTAB) forwards. */
 export function skipOws(buf: Uint8Array, i: number, end: number): number {
   while (i < end && (buf[i] === SP || buf[i] === HTAB)) i++;
