@@ -328,11 +328,9 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     this.#room = !more ? -1 : base === 0 ? start : 0;
     this.#roomBuf = chunk;
     this.#responseHead();
-    // Body bytes that came with the head are views of the received chunk, not copies.
-    if (more && !this.done) {
-      if (start >= base) this.#responseBody(chunk, start - base, chunk.length);
-      else this.#responseBody(buf, start, buf.length);
-    }
+    // Body bytes that came with the head are views of the received chunk, not
+    // copies: a head split across reads ends in this one, so they all lie in it.
+    if (more && !this.done) this.#responseBody(chunk, start - base, chunk.length);
     this.#flushPlaced();
     this.#room = -1;
     this.#roomBuf = null;
