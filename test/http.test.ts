@@ -18,14 +18,18 @@ let proxy: ProxyProcess;
 interface Seen { method: string; url: string; headers: string[]; body: string; port: number }
 const arrived = new Map<string, number>();
 const answered = new Map<string, number>();
+/** Resolved when the echo origin has a request for /expect10 (its head; the body may not have come yet). */
+let expect10Seen: () => void = () => {};
 
 before(async () => {
   echo = await startOrigin('echo', (req, res) => {
+    if (req.url === '/expect10') expect10Seen();
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const url = req.url!;
       if (url === '/slow') { setTimeout(() => { answered.set(url, Date.now()); res.writeHead(200, { 'content-length': 4 }); res.end('slow'); }, 300); return; }
+      if (url === '/length') { res.writeHead(200, { 'content-length': 2 }); res.end('ok'); return; }
       if (url === '/close-after') { res.writeHead(200, { connection: 'close', 'content-length': 2 }); res.end('ok'); return; }
       if (url === '/http10') { res.writeHead(200, { 'content-type': 'text/plain' }); res.write('chunk one,'); res.end('chunk two'); return; }
       if (url === '/no-content') { res.writeHead(204, { 'x-backend': 'echo' }); res.end(); return; }
@@ -139,6 +143,29 @@ test('Expect: 100-continue: the client gets 100 Continue, then the body flows', 
   while (!got.includes('"body":"hello"')) await once(s, 'data');
   s.destroy();
   assert.match(got, /HTTP\/1\.1 200 OK/);
+});
+
+test('Expect: 100-continue from an HTTP/1.0 client is ignored: no 1xx, the body is read as it comes', async () => {
+  const seen = new Promise<void>((resolve) => { expect10Seen = resolve; });
+  const { port } = new URL(proxy.url);
+  const s = connect(Number(port), '127.0.0.1');
+  let got = '';
+  s.on('data', (d) => { got += d; });
+  s.write('POST /expect10 HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n');
+  // The backend has the head: a 100 Continue would have been written by now.
+  await seen;
+  s.write('hello');
+  await once(s, 'close');
+  assert.match(got, /^HTTP\/1\.1 200 OK\r\n/);
+  assert.doesNotMatch(got, /100 Continue/);
+  assert.match(got, /"body":"hello"/);
+});
+
+test('an HTTP/1.0 client saying both keep-alive and close is closed after its answer', async () => {
+  // An answer framed by its length, which a kept-alive HTTP/1.0 connection could go on after.
+  const answer = await raw('GET /length HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n');
+  assert.match(answer, /^HTTP\/1\.1 200 /);
+  assert.match(answer, /\r\nConnection: close\r\n/);
 });
 
 test('HEAD, 204 and 304 are answered without a body, and the connection stays usable', async () => {

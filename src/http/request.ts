@@ -105,9 +105,9 @@ export class RequestHead {
     this.kinds = new Uint8Array(maxHeaders);
   }
 
-  /** The client keeps the connection open after this exchange, as far as it says. */
+  /** The client keeps the connection open after this exchange, as far as it says ("close" wins over "keep-alive": RFC 9112 §9.3). */
   get keepAlive(): boolean {
-    return this.minor === 1 ? !this.connClose : this.connKeepAlive;
+    return this.minor === 1 ? !this.connClose : this.connKeepAlive && !this.connClose;
   }
 
   get hasBody(): boolean {
@@ -270,7 +270,8 @@ export function parseRequestHead(head: RequestHead, buf: Buffer, start: number, 
         head.upgrade = n;
         break;
       case K_EXPECT:
-        if (ve - vs === 12 && lowerEquals(buf, vs, '100-continue')) head.expectContinue = true;
+        // An HTTP/1.0 client's expectation is ignored, and it never gets a 1xx (RFC 9110 §10.1.1, §15.2).
+        if (head.minor === 1 && ve - vs === 12 && lowerEquals(buf, vs, '100-continue')) head.expectContinue = true;
         break;
       case K_X_FORWARDED_FOR:
         head.lastXff = n;
