@@ -391,6 +391,8 @@ export class ClientConnection implements Timed {
     const rest = this.#rest;
     this.#rest = null;
     if (rest !== null) t.fromClient(rest);
+    // The client's FIN came while the upgrade was being answered: it goes on to the backend.
+    if (this.ending) t.clientEnd();
   }
 
   /** A malformed or oversized head: its status, and the connection closes. */

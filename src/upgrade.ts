@@ -2,7 +2,8 @@
 // affinity as plain requests (socket.io-style apps need it) and sent as
 // requests; a backend that declines (any answer but 101) answers as usual and
 // the client connection stays usable. After a 101 the two sockets are spliced
-// both ways with backpressure; either side closing closes the other. While a
+// both ways with backpressure; a FIN travels as a half-close, and a side cut
+// off cuts the other. While a
 // bound session's tunnel is open its binding is kept fresh, so a session that
 // lives on one WebSocket for hours keeps its backend.
 import type { Backend } from './backends.ts';
@@ -15,6 +16,9 @@ export class Tunnel implements ConnectionUser {
   readonly backend: Backend;
   readonly #refresh: NodeJS.Timeout | undefined;
   #gone = false;
+  /** Each side's FIN has reached the other: once both have, each socket closes by itself when its writes are out. */
+  #upEnded = false;
+  #clientEnded = false;
 
   /** `head` is the 101 for the client; `rest`, bytes the backend sent after it. */
   constructor(client: ClientConnection, up: UpstreamConnection, backend: Backend, boundKey: string, head: Buffer, rest: Buffer | null) {
@@ -23,6 +27,8 @@ export class Tunnel implements ConnectionUser {
     this.backend = backend;
     up.user = this;
     up.noDeadline();
+    // A backend's FIN is a half-close here: the client may still send (client sockets are half-open already).
+    up.socket.allowHalfOpen = true;
     client.cork();
     client.write(head);
     if (rest !== null) client.write(rest);
@@ -62,21 +68,24 @@ export class Tunnel implements ConnectionUser {
 
   /** Half-closes travel through: each side's FIN reaches the other. */
   upstreamEnd(): void {
+    this.#upEnded = true;
     this.client.shutdownWrite();
   }
 
   clientEnd(): void {
+    this.#clientEnded = true;
     this.up.socket.end();
   }
 
+  /** A side closed: the other is cut, unless both ended cleanly (then it still delivers what it holds, and closes). */
   upstreamClosed(): void {
     this.#closed();
-    this.client.destroy();
+    if (!this.#upEnded || !this.#clientEnded) this.client.destroy();
   }
 
   clientClosed(): void {
     this.#closed();
-    this.up.destroy();
+    if (!this.#upEnded || !this.#clientEnded) this.up.destroy();
   }
 
   /** Tunnels have no deadline of their own; one set elsewhere ends the tunnel. */
