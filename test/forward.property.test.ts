@@ -16,10 +16,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { once } from 'node:events';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import fc from 'fast-check';
-import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
+import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, preview, ProxyUnderTest, RawOrigin, readHeads, responseValueArb, seededBytes, splitAt, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 300;
 /** The most one request-answer exchange may take before the property fails. */
@@ -31,7 +30,6 @@ const STATUS_START = Buffer.from('HTTP/1.1 ', 'latin1');
 
 type Framing = 'length' | 'chunked' | 'close';
 type ConnectionHop = 'none' | 'keep-alive' | 'keep-alive+hop' | 'close' | 'close+hop';
-type Gap = 'same' | 'immediate' | 'timer';
 type ClientKind = 'HTTP/1.1' | 'HTTP/1.0' | 'HTTP/1.0 keep-alive';
 
 /** One scripted backend answer (and the request's method). */
@@ -104,48 +102,8 @@ const RESERVED = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 
 // Lines the proxy may add to a client head (clientHead in src/head.ts): Via, its own framing, the connection's fate.
 const PROXY_ADDED = new Set(['via', 'transfer-encoding', 'connection']);
 
-const latin1 = (s: string): Buffer => Buffer.from(s, 'latin1');
-
-/** Body bytes from a seed (xorshift32): every byte value, and now and then bytes that look like HTTP framing. */
-function makeBody(length: number, seed: number): Buffer {
-  const special = ['\r\n', '\r\n\r\n', '0\r\n\r\n', 'HTTP/1.1 200 OK\r\n', '\0\0', '\xff\xfe\x80'].map(latin1);
-  const out = Buffer.allocUnsafe(length);
-  let x = seed | 0 || 1;
-  let i = 0;
-  while (i < length) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    const r = x >>> 0;
-    if ((r & 15) === 0) {
-      const s = special[(r >>> 4) % special.length];
-      for (let k = 0; k < s.length && i < length; k++) out[i++] = s[k];
-    } else {
-      out[i++] = (r >>> 8) & 255;
-    }
-  }
-  return out;
-}
-
-function cutsOf(perMille: number[], length: number): number[] {
-  const points = perMille.map((c) => Math.floor((c * length) / 1000)).filter((p) => p > 0 && p < length);
-  return [...new Set(points)].sort((a, b) => a - b);
-}
-
-function encodeChunked(body: Buffer, a: Answer): Buffer {
-  const ext = (i: number): string => (a.chunkExts.length === 0 ? '' : a.chunkExts[i % a.chunkExts.length]);
-  const parts: Buffer[] = [];
-  let prev = 0;
-  let n = 0;
-  for (const p of [...cutsOf(a.chunkCuts, body.length), body.length]) {
-    if (p === prev) continue;
-    const hex = (p - prev).toString(16);
-    parts.push(latin1(`${a.upperHex ? hex.toUpperCase() : hex}${ext(n++)}\r\n`), body.subarray(prev, p), latin1('\r\n'));
-    prev = p;
-  }
-  parts.push(latin1(`0${ext(n)}\r\n${a.trailers.map((t) => `${t}\r\n`).join('')}\r\n`));
-  return Buffer.concat(parts);
-}
+// Body bytes now and then look like HTTP framing (and a status line): see seededBytes.
+const BODY_SPECIALS = ['\r\n', '\r\n\r\n', '0\r\n\r\n', 'HTTP/1.1 200 OK\r\n', '\0\0', '\xff\xfe\x80'].map(latin1);
 
 let nextId = 1;
 const cases = new Map<number, Built>();
@@ -154,7 +112,7 @@ function build(a: Answer): Built {
   const id = nextId++;
   const noBody = a.status === 204 || a.status === 304;
   const framing: Framing | 'none' = noBody ? 'none' : a.framing;
-  const content = makeBody(a.body.length, a.body.seed);
+  const content = seededBytes(a.body.length, a.body.seed, BODY_SPECIALS);
   const e2e = [...a.headers];
   const cookies: string[] = [];
   if (a.sessionId !== null) cookies.push(`Set-Cookie: PHPSESSID=${a.sessionId}; Path=/`);
@@ -188,7 +146,9 @@ function build(a: Answer): Built {
   const statusLine = `HTTP/1.1 ${a.status}${a.reason === null ? '' : ` ${a.reason}`}`;
   const head = latin1(`${statusLine}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n`);
   const bodyful = a.method === 'GET' && framing !== 'none';
-  const bodyWire = !bodyful ? Buffer.alloc(0) : framing === 'chunked' ? encodeChunked(content, a) : content;
+  const bodyWire = !bodyful ? Buffer.alloc(0)
+    : framing === 'chunked' ? encodeChunked(content, { cuts: a.chunkCuts, exts: a.chunkExts, upperHex: a.upperHex, trailers: a.trailers })
+    : content;
   const interim = latin1(a.interim ?? '');
   const wire = Buffer.concat([interim, head, bodyWire]);
   const points = cutsOf(a.writeCuts, wire.length);
@@ -197,12 +157,7 @@ function build(a: Answer): Built {
     points.push(headEnd);
     points.sort((x, y) => x - y);
   }
-  const segments: Buffer[] = [];
-  let prev = 0;
-  for (const p of [...points, wire.length]) {
-    segments.push(wire.subarray(prev, p));
-    prev = p;
-  }
+  const segments = splitAt(wire, points);
   const b: Built = {
     id, answer: a, segments, closeAfter: closing, statusLine, e2e, hopNames, bodyful, framing,
     body: bodyful ? content : Buffer.alloc(0), bodyWire, trailers: framing === 'chunked' && bodyful ? a.trailers : [], arrived: null,
@@ -225,18 +180,8 @@ const TOKEN_CHARS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 const nameArb = fc.tuple(fc.constantFrom('X-', 'x-', ''), fc.string({ unit: fc.constantFrom(...TOKEN_CHARS), minLength: 1, maxLength: 12 }))
   .map(([p, n]) => p + n)
   .filter((n) => !RESERVED.has(n.toLowerCase()));
-// Visible ASCII and inner spaces (a value's edges carry no whitespace).
-const valueArb = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)), maxLength: 40 })
-  .map((v) => v.trim());
-const lineArb = fc.tuple(nameArb, valueArb).map(([n, v]) => (v === '' ? `${n}:` : `${n}: ${v}`));
+const lineArb = fc.tuple(nameArb, responseValueArb).map(([n, v]) => (v === '' ? `${n}:` : `${n}: ${v}`));
 const idArb = fc.string({ unit: fc.constantFrom(...'abcdefghijklmnopqrstuvwxyz0123456789'.split('')), minLength: 8, maxLength: 32 });
-const bodyLength = fc.oneof(
-  { withCrossShrink: true },
-  { weight: 4, arbitrary: fc.integer({ min: 0, max: 64 }) },
-  { weight: 3, arbitrary: fc.integer({ min: 65, max: 5000 }) },
-  { weight: 1, arbitrary: fc.integer({ min: 5001, max: 70_000 }) },
-  { weight: 1, arbitrary: fc.integer({ min: 65536 - 600, max: 65536 + 600 }) },
-);
 
 const answerArb: fc.Arbitrary<Answer> = fc.record({
   method: fc.oneof({ weight: 5, arbitrary: fc.constant('GET' as const) }, { weight: 1, arbitrary: fc.constant('HEAD' as const) }),
@@ -259,7 +204,7 @@ const answerArb: fc.Arbitrary<Answer> = fc.record({
   hopPad: fc.nat(120),
   keepAlivePad: fc.option(fc.nat(120), { nil: null, freq: 3 }),
   hopsAt: fc.array(fc.nat(20), { minLength: 1, maxLength: 4 }),
-  body: fc.record({ length: bodyLength, seed: fc.integer({ min: 1, max: 0x7fffffff }) }),
+  body: fc.record({ length: lengthArb, seed: fc.integer({ min: 1, max: 0x7fffffff }) }),
   chunkCuts: fc.array(fc.integer({ min: 1, max: 999 }), { maxLength: 6 }),
   chunkExts: fc.array(fc.constantFrom('', ';a=b', ';ext', ';q="x y"', ';A=1;b'), { maxLength: 3 }),
   upperHex: fc.boolean(),
@@ -271,7 +216,7 @@ const answerArb: fc.Arbitrary<Answer> = fc.record({
   writeCuts: fc.array(fc.integer({ min: 1, max: 999 }), { maxLength: 3 }),
   // Right after the head, or a few body bytes (a chunk size line's start) past it.
   headCut: fc.option(fc.nat(6), { nil: null, freq: 2 }),
-  gaps: fc.array(fc.constantFrom<Gap>('same', 'immediate', 'timer'), { minLength: 1, maxLength: 3 }),
+  gaps: gapsArb,
 });
 
 const scenarioArb = fc.record({
@@ -286,135 +231,29 @@ const scenarioArb = fc.record({
 // -------------------------------------------------------------------- origin
 
 const strays: string[] = [];
-const originSockets = new Set<Socket>();
-
-function gap(g: Gap): Promise<void> | null {
-  if (g === 'immediate') return new Promise((resolve) => setImmediate(resolve));
-  // Only to split TCP segments, never to wait for a condition.
-  if (g === 'timer') return new Promise((resolve) => setTimeout(resolve, 1));
-  return null;
-}
 
 /** Answers each request head (requests here have no body) with its case's bytes, in its segments. */
 function serve(sock: Socket): void {
-  originSockets.add(sock);
-  sock.on('close', () => originSockets.delete(sock));
-  sock.on('error', () => {});
-  let pending: Buffer = Buffer.alloc(0);
-  let busy = false;
-  const pump = async (): Promise<void> => {
-    if (busy) return;
-    busy = true;
-    try {
-      for (;;) {
-        const end = pending.indexOf('\r\n\r\n');
-        if (end < 0) return;
-        const head = pending.toString('latin1', 0, end + 2);
-        pending = pending.subarray(end + 4);
-        const m = /^(GET|HEAD) \/case\/(\d+) HTTP\/1\.1\r\n/.exec(head);
-        const b = m === null ? undefined : cases.get(Number(m[2]));
-        if (m === null || b === undefined) {
-          strays.push(head.slice(0, head.indexOf('\r\n')));
-          sock.destroy();
-          return;
-        }
-        b.arrived = m[1];
-        for (let i = 0; i < b.segments.length; i++) {
-          const wait = i === 0 ? null : gap(b.answer.gaps[(i - 1) % b.answer.gaps.length]);
-          if (wait !== null) await wait;
-          if (sock.destroyed) return;
-          sock.write(b.segments[i]);
-        }
-        if (b.closeAfter) {
-          sock.end();
-          return;
-        }
-      }
-    } finally {
-      busy = false;
+  readHeads(sock, async (head) => {
+    const m = /^(GET|HEAD) \/case\/(\d+) HTTP\/1\.1\r\n/.exec(head);
+    const b = m === null ? undefined : cases.get(Number(m[2]));
+    if (m === null || b === undefined) {
+      strays.push(head.slice(0, head.indexOf('\r\n')));
+      sock.destroy();
+      return false;
     }
-  };
-  sock.on('data', (d: Buffer) => {
-    pending = pending.length === 0 ? d : Buffer.concat([pending, d]);
-    void pump();
+    b.arrived = m[1];
+    await writeAll(sock, b.segments, b.answer.gaps);
+    if (sock.destroyed) return false;
+    if (b.closeAfter) {
+      sock.end();
+      return false;
+    }
+    return true;
   });
 }
 
 // -------------------------------------------------------------------- client
-
-const clientSockets = new Set<Socket>();
-
-/** A raw client connection: what arrived, not yet read, and whether the proxy closed it. */
-class Conn {
-  readonly sock: Socket;
-  buf: Buffer = Buffer.alloc(0);
-  ended = false;
-  #wake: (() => void) | null = null;
-
-  constructor(port: number) {
-    const sock = connect(port, '127.0.0.1');
-    this.sock = sock;
-    clientSockets.add(sock);
-    sock.on('data', (d: Buffer) => {
-      this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
-      this.#notify();
-    });
-    const ended = (): void => {
-      this.ended = true;
-      this.#notify();
-    };
-    sock.on('end', ended);
-    sock.on('error', ended);
-    sock.on('close', () => {
-      clientSockets.delete(sock);
-      ended();
-    });
-  }
-
-  #notify(): void {
-    const w = this.#wake;
-    this.#wake = null;
-    if (w !== null) w();
-  }
-
-  /** Waits for more bytes or the close; fails past the deadline, or when the connection is already closed. */
-  async more(deadline: number, what: string): Promise<void> {
-    if (this.ended) throw new Error(`the connection closed while waiting for ${what}; unread: ${preview(this.buf)}`);
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#wake = null;
-        reject(new Error(`timed out waiting for ${what}; unread: ${preview(this.buf)}`));
-      }, Math.max(1, deadline - Date.now()));
-      this.#wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-  }
-
-  take(n: number): Buffer {
-    const b = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return b;
-  }
-
-  /** Bytes up to and including the next CRLF. */
-  async line(deadline: number, what: string): Promise<Buffer> {
-    let i: number;
-    while ((i = this.buf.indexOf('\r\n')) < 0) await this.more(deadline, what);
-    return this.take(i + 2);
-  }
-
-  async bytes(n: number, deadline: number, what: string): Promise<Buffer> {
-    while (this.buf.length < n) await this.more(deadline, what);
-    return this.take(n);
-  }
-}
-
-function preview(b: Buffer): string {
-  const s = JSON.stringify(b.toString('latin1', 0, Math.min(b.length, 160)));
-  return `${b.length} bytes ${s}${b.length > 160 ? '...' : ''}`;
-}
 
 interface Got {
   statusLine: string;
@@ -500,12 +339,6 @@ async function readAnswer(c: Conn, isHead: boolean, deadline: number): Promise<G
   return { statusLine, status, lines, headers, framing, body, raw, trailers };
 }
 
-function bodyDiff(got: Buffer, want: Buffer): string {
-  let i = 0;
-  while (i < got.length && i < want.length && got[i] === want[i]) i++;
-  return `got ${got.length} bytes, want ${want.length}; first difference at ${i}: got ${preview(got.subarray(i, i + 24))}, want ${preview(want.subarray(i, i + 24))}`;
-}
-
 /**
  * Sends the request for `b` on `c` and checks the answer. Returns whether the
  * connection stays open (after checking that the proxy closed it if not).
@@ -548,10 +381,10 @@ async function exchange(c: Conn, b: Built, kind: ClientKind, label: string): Pro
   assert.equal(got.framing, wantClientFraming, `${at}: framing of the client's answer`);
 
   // Body: exactly the origin's, and for a chunked one passed on, its framing, extensions and trailers as sent.
-  if (!got.body.equals(b.body)) assert.fail(`${at}: body differs: ${bodyDiff(got.body, b.body)}`);
+  if (!got.body.equals(b.body)) assert.fail(`${at}: body differs: ${bytesDiff(got.body, b.body)}`);
   if (got.framing === 'chunked') {
     assert.deepEqual(got.trailers, b.trailers, `${at}: trailers`);
-    if (!got.raw.equals(b.bodyWire)) assert.fail(`${at}: chunked framing differs: ${bodyDiff(got.raw, b.bodyWire)}`);
+    if (!got.raw.equals(b.bodyWire)) assert.fail(`${at}: chunked framing differs: ${bytesDiff(got.raw, b.bodyWire)}`);
   }
 
   if (!keep) {
@@ -565,46 +398,23 @@ async function exchange(c: Conn, b: Built, kind: ClientKind, label: string): Pro
 
 // ---------------------------------------------------------------------- test
 
-let origin: Server;
-let proxy: ProxyProcess;
-let proxyPort = 0;
-/** The proxy's exits seen, with its last output: a case that crashes it fails, and the next runs get a fresh one. */
-const crashes: string[] = [];
-
-async function launchProxy(): Promise<void> {
-  const { port } = origin.address() as AddressInfo;
-  proxy = await startProxy(['--threads', '1', '--backend', `o=http://127.0.0.1:${port}`]);
-  proxyPort = Number(new URL(proxy.url).port);
-}
-
-function exited(p: ProxyProcess): boolean {
-  return p.proc.exitCode !== null || p.proc.signalCode !== null;
-}
-
-function crashReport(p: ProxyProcess): string {
-  return `the proxy exited (${p.proc.exitCode ?? p.proc.signalCode}); its last output:\n${p.output.slice(-12).join('\n')}`;
-}
+let origin: RawOrigin;
+let proxy: ProxyUnderTest;
 
 before(async () => {
-  origin = createServer(serve);
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  await launchProxy();
+  origin = await RawOrigin.start(serve);
+  proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]);
 });
 
 after(async () => {
-  for (const s of clientSockets) s.destroy();
+  for (const s of Conn.open) s.destroy();
   await proxy?.stop();
-  for (const s of originSockets) s.destroy();
-  if (origin !== undefined) await new Promise<void>((resolve) => origin.close(() => resolve()));
+  await origin?.close();
 });
 
 test('backend answers reach the client byte for byte: heads, bodies, framing, kept-alive connections', { timeout: 110_000 }, async () => {
   await fc.assert(fc.asyncProperty(scenarioArb, async ({ client, answers }) => {
-    if (exited(proxy)) {
-      crashes.push(crashReport(proxy));
-      await launchProxy();
-    }
+    await proxy.ready();
     const conns: Conn[] = [];
     const built: Built[] = [];
     try {
@@ -612,7 +422,7 @@ test('backend answers reach the client byte for byte: heads, bodies, framing, ke
       for (let i = 0; i < answers.length; i++) {
         const b = build(answers[i]);
         built.push(b);
-        if (conn === null) conns.push(conn = new Conn(proxyPort));
+        if (conn === null) conns.push(conn = new Conn(proxy.port));
         if (!await exchange(conn, b, client, `answer ${i + 1} of ${answers.length}`)) conn = null;
       }
       if (conn !== null) {
@@ -621,15 +431,7 @@ test('backend answers reach the client byte for byte: heads, bodies, framing, ke
         await exchange(conn, probe, client, 'the probe after the last answer');
       }
     } catch (err) {
-      // A connection closed under the client may be the proxy going down: say so (its exit may lag the close a little).
-      const p = proxy;
-      if (!exited(p) && /closed/.test((err as Error).message)) {
-        let timer: NodeJS.Timeout | undefined;
-        await Promise.race([once(p.proc, 'exit'), new Promise((resolve) => { timer = setTimeout(resolve, 250); })]);
-        clearTimeout(timer);
-      }
-      if (exited(p)) throw new Error(`${(err as Error).message}\n${crashReport(p)}`, { cause: err });
-      throw err;
+      throw await proxy.explain(err);
     } finally {
       for (const c of conns) c.sock.destroy();
       for (const b of built) cases.delete(b.id);
@@ -641,5 +443,5 @@ test('backend answers reach the client byte for byte: heads, bodies, framing, ke
     markInterruptAsFailure: true,
   });
   assert.deepEqual(strays, [], 'requests the origin did not expect');
-  assert.deepEqual(crashes, [], 'the proxy exited');
+  assert.deepEqual(proxy.crashes, [], 'the proxy exited');
 });

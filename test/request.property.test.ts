@@ -37,11 +37,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { once } from 'node:events';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import fc from 'fast-check';
 import { DEFAULT_SESSION_COOKIES } from '../src/config.ts';
-import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
+import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, ProxyUnderTest, RawOrigin, requestValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
 /** The most one request-answer exchange may take before the property fails. */
@@ -54,7 +53,6 @@ const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
 
 // ------------------------------------------------------------------ the case
 
-type Gap = 'same' | 'immediate' | 'timer';
 /** keep: end-to-end, passed as received; via: kept, the last kept one appended to; rid: a request-id line; drop: hop-by-hop or replaced. */
 type Role = 'keep' | 'via' | 'rid' | 'drop';
 
@@ -157,51 +155,8 @@ const PROTECTED = new Set(['host', 'content-length', 'transfer-encoding']);
 const SESSION_NAMES = new Set(DEFAULT_SESSION_COOKIES.map((n) => n.toLowerCase()));
 const BODYLESS = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS']);
 
-const latin1 = (s: string): Buffer => Buffer.from(s, 'latin1');
-
-/** Body bytes from a seed (xorshift32): every byte value, and now and then bytes that look like HTTP framing. */
-function makeBody(length: number, seed: number): Buffer {
-  const special = ['\r\n', '\r\n\r\n', '0\r\n\r\n', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', '\0\0', '\xff\xfe\x80'].map(latin1);
-  const out = Buffer.allocUnsafe(length);
-  let x = seed | 0 || 1;
-  let i = 0;
-  while (i < length) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    const r = x >>> 0;
-    if ((r & 15) === 0) {
-      const s = special[(r >>> 4) % special.length];
-      for (let k = 0; k < s.length && i < length; k++) out[i++] = s[k];
-    } else {
-      out[i++] = (r >>> 8) & 255;
-    }
-  }
-  return out;
-}
-
-function cutsOf(perMille: number[], length: number): number[] {
-  const points = perMille.map((c) => Math.floor((c * length) / 1000)).filter((p) => p > 0 && p < length);
-  return [...new Set(points)].sort((a, b) => a - b);
-}
-
-function encodeChunked(body: Buffer, b: Body): Buffer {
-  const ext = (i: number): string => (b.chunkExts.length === 0 ? '' : b.chunkExts[i % b.chunkExts.length]);
-  const size = (n: number): string => {
-    const hex = '0'.repeat(b.zeros) + n.toString(16);
-    return b.upperHex ? hex.toUpperCase() : hex;
-  };
-  const parts: Buffer[] = [];
-  let prev = 0;
-  let n = 0;
-  for (const p of [...cutsOf(b.chunkCuts, body.length), body.length]) {
-    if (p === prev) continue;
-    parts.push(latin1(`${size(p - prev)}${ext(n++)}\r\n`), body.subarray(prev, p), latin1('\r\n'));
-    prev = p;
-  }
-  parts.push(latin1(`${size(0)}${ext(n)}\r\n${b.trailers.map((t) => `${t}\r\n`).join('')}\r\n`));
-  return Buffer.concat(parts);
-}
+// Body bytes now and then look like HTTP framing (and a next request): see seededBytes.
+const BODY_SPECIALS = ['\r\n', '\r\n\r\n', '0\r\n\r\n', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', '\0\0', '\xff\xfe\x80'].map(latin1);
 
 function mixCase(s: string, how: number): string {
   return how % 3 === 1 ? s.toLowerCase() : how % 3 === 2 ? s.toUpperCase() : s;
@@ -233,8 +188,9 @@ function build(req: Req, persist: boolean): Built {
   let kind: BodyKind = req.body.kind;
   if (BODYLESS.has(method) && !req.body.anyway) kind = 'none';
   if (kind === 'chunked' && req.minor === 0) kind = 'length';
-  const content = kind === 'none' ? Buffer.alloc(0) : makeBody(req.body.length, req.body.seed);
-  const bodyWire = kind === 'chunked' ? encodeChunked(content, req.body) : content;
+  const content = kind === 'none' ? Buffer.alloc(0) : seededBytes(req.body.length, req.body.seed, BODY_SPECIALS);
+  const { chunkCuts, chunkExts, upperHex, zeros, trailers } = req.body;
+  const bodyWire = kind === 'chunked' ? encodeChunked(content, { cuts: chunkCuts, exts: chunkExts, upperHex, zeros, trailers }) : content;
 
   // The test's own lines, inserted among the generated ones.
   const own: Field[] = [];
@@ -322,20 +278,9 @@ const nameArb = fc.tuple(
   fc.constantFrom('X-', 'x-', ''),
   fc.string({ unit: fc.oneof({ weight: 12, arbitrary: fc.constantFrom(...ALNUM, '-', '_') }, { weight: 1, arbitrary: fc.constantFrom(...TCHARS) }), minLength: 1, maxLength: 12 }),
 ).map(([p, n]) => p + n).filter((n) => !RESERVED.has(n.toLowerCase().replace(/_/g, '-')));
-// field-value bytes: visible ASCII, inner SP and HTAB, obs-text; no whitespace at the edges.
-const valueArb = fc.string({
-  unit: fc.oneof(
-    { weight: 24, arbitrary: fc.integer({ min: 0x20, max: 0x7e }) },
-    { weight: 1, arbitrary: fc.constant(0x09) },
-    { weight: 2, arbitrary: fc.integer({ min: 0x80, max: 0xff }) },
-  ).map((c) => String.fromCharCode(c)),
-  maxLength: 40,
-}).map((v) => v.replace(/^[ \t]+|[ \t]+$/g, ''));
-const ows1Arb = fc.oneof({ weight: 6, arbitrary: fc.constant(' ') }, { weight: 1, arbitrary: fc.constantFrom('', '  ', '\t', ' \t') });
-const ows2Arb = fc.oneof({ weight: 6, arbitrary: fc.constant('') }, { weight: 1, arbitrary: fc.constantFrom(' ', '\t', ' \t ') });
 
 const fieldOf = (role: Role, names: fc.Arbitrary<string>, values: fc.Arbitrary<string>): fc.Arbitrary<Field> =>
-  fc.record({ role: fc.constant(role), name: names, ows1: ows1Arb, value: values, ows2: ows2Arb });
+  fc.record({ role: fc.constant(role), name: names, ows1: owsArb, value: values, ows2: trailingOwsArb });
 
 const cookiePairArb = fc.tuple(
   fc.string({ unit: fc.constantFrom(...'abcdefxyz_-'.split('')), minLength: 1, maxLength: 8 }).filter((n) => !SESSION_NAMES.has(n.toLowerCase())),
@@ -358,7 +303,7 @@ const HOPS: [string, string][] = [
   ['Proxy_Connection', 'keep-alive'], ['Proxy_Authorization', 'Basic eA=='],
 ];
 const fieldArb: fc.Arbitrary<Field> = fc.oneof(
-  { weight: 10, arbitrary: fieldOf('keep', nameArb, valueArb) },
+  { weight: 10, arbitrary: fieldOf('keep', nameArb, requestValueArb) },
   { weight: 1, arbitrary: fieldOf('keep', fc.constantFrom('Cookie', 'cookie'), fc.array(cookiePairArb, { minLength: 1, maxLength: 3 }).map((p) => p.join('; '))) },
   { weight: 1, arbitrary: fieldOf('keep', fc.constantFrom('User-Agent', 'user-agent', 'User_Agent'), fc.constantFrom('curl/8.5.0', 'Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101', 'x')) },
   { weight: 1, arbitrary: fieldOf('keep', fc.constantFrom('Forwarded', 'forwarded'), fc.constantFrom('for=192.0.2.60;proto=https;by=203.0.113.43', 'for="[2001:db8::1]"')) },
@@ -366,7 +311,7 @@ const fieldArb: fc.Arbitrary<Field> = fc.oneof(
   { weight: 2, arbitrary: fieldOf('rid', fc.constantFrom('X-Request-Id', 'x-request-id', 'X-REQUEST-ID', 'X_Request_Id'), ridValueArb) },
   {
     weight: 4,
-    arbitrary: fc.tuple(fc.constantFrom(...HOPS), fc.nat(2), ows1Arb, ows2Arb)
+    arbitrary: fc.tuple(fc.constantFrom(...HOPS), fc.nat(2), owsArb, trailingOwsArb)
       .map(([[name, value], how, ows1, ows2]): Field => ({ role: 'drop', name: mixCase(name, how), ows1, value, ows2 })),
   },
 );
@@ -399,18 +344,11 @@ const targetArb: fc.Arbitrary<Target> = fc.oneof(
 );
 const hostArb = fieldOf('drop', fc.constantFrom('Host', 'host', 'HOST'),
   fc.oneof({ weight: 8, arbitrary: fc.constantFrom('app.example', 'shop.example:8080', 'EXAMPLE.org', '127.0.0.1:9', '[::1]:81', 'xn--bcher-kva.example') }, { weight: 1, arbitrary: fc.constant('') }));
-const bodyLength = fc.oneof(
-  { withCrossShrink: true },
-  { weight: 4, arbitrary: fc.integer({ min: 0, max: 64 }) },
-  { weight: 3, arbitrary: fc.integer({ min: 65, max: 5000 }) },
-  { weight: 1, arbitrary: fc.integer({ min: 5001, max: 70_000 }) },
-  { weight: 1, arbitrary: fc.integer({ min: 65536 - 600, max: 65536 + 600 }) },
-);
-const trailerArb = fc.tuple(nameArb, ows1Arb, valueArb).map(([n, o, v]) => `${n}:${o}${v}`);
+const trailerArb = fc.tuple(nameArb, owsArb, requestValueArb).map(([n, o, v]) => `${n}:${o}${v}`);
 const bodyArb: fc.Arbitrary<Body> = fc.record({
   kind: fc.oneof({ weight: 2, arbitrary: fc.constant<BodyKind>('none') }, { weight: 4, arbitrary: fc.constant<BodyKind>('length') }, { weight: 3, arbitrary: fc.constant<BodyKind>('chunked') }),
   anyway: fc.oneof({ weight: 6, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
-  length: bodyLength,
+  length: lengthArb,
   seed: fc.integer({ min: 1, max: 0x7fffffff }),
   framingName: fc.nat(3),
   framingOws: fc.constantFrom(' ', ''),
@@ -420,7 +358,6 @@ const bodyArb: fc.Arbitrary<Body> = fc.record({
   upperHex: fc.boolean(),
   trailers: fc.oneof({ weight: 3, arbitrary: fc.constant<string[]>([]) }, { weight: 1, arbitrary: fc.array(trailerArb, { minLength: 1, maxLength: 3 }) }),
 });
-const gapsArb = fc.array(fc.constantFrom<Gap>('same', 'immediate', 'timer'), { minLength: 1, maxLength: 3 });
 
 const reqArb: fc.Arbitrary<Req> = fc.record({
   minor: fc.oneof({ weight: 4, arbitrary: fc.constant<0 | 1>(1) }, { weight: 1, arbitrary: fc.constant<0 | 1>(0) }),
@@ -481,7 +418,6 @@ const strays: string[] = [];
 /** Cases the origin read and has not answered yet; and requests that arrived meanwhile (the proxy must send one at a time). */
 const unanswered: number[] = [];
 const overlaps: string[] = [];
-const originSockets = new Set<Socket>();
 let originConns = 0;
 
 /** Where a chunked body starting at buf[p] ends: -1 when more bytes are needed, -2 when its framing is broken. */
@@ -510,9 +446,6 @@ function chunkedEnd(buf: Buffer, p: number): number {
 /** Reads each request's head and body (framed as its head says) and answers it. */
 function serve(sock: Socket): void {
   const conn = ++originConns;
-  originSockets.add(sock);
-  sock.on('close', () => originSockets.delete(sock));
-  sock.on('error', () => {});
   let pending: Buffer = Buffer.alloc(0);
   sock.on('data', (d: Buffer) => {
     pending = pending.length === 0 ? d : Buffer.concat([pending, d]);
@@ -582,107 +515,10 @@ function serve(sock: Socket): void {
 
 // -------------------------------------------------------------------- client
 
-const clientSockets = new Set<Socket>();
-
-/** A raw client connection: what arrived, not yet read, and whether the proxy closed it. */
-class Conn {
-  readonly sock: Socket;
-  buf: Buffer = Buffer.alloc(0);
-  ended = false;
-  #wake: (() => void) | null = null;
-
-  constructor(port: number) {
-    const sock = connect(port, '127.0.0.1');
-    this.sock = sock;
-    clientSockets.add(sock);
-    sock.on('data', (d: Buffer) => {
-      this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
-      this.#notify();
-    });
-    const ended = (): void => {
-      this.ended = true;
-      this.#notify();
-    };
-    sock.on('end', ended);
-    sock.on('error', ended);
-    sock.on('close', () => {
-      clientSockets.delete(sock);
-      ended();
-    });
-  }
-
-  #notify(): void {
-    const w = this.#wake;
-    this.#wake = null;
-    if (w !== null) w();
-  }
-
-  /** Waits for more bytes or the close; fails past the deadline, or when the connection is already closed. */
-  async more(deadline: number, what: string): Promise<void> {
-    if (this.ended) throw new Error(`the connection closed while waiting for ${what}; unread: ${preview(this.buf)}`);
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#wake = null;
-        reject(new Error(`timed out waiting for ${what}; unread: ${preview(this.buf)}`));
-      }, Math.max(1, deadline - Date.now()));
-      this.#wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-  }
-
-  take(n: number): Buffer {
-    const b = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return b;
-  }
-
-  /** Reads exactly `want`, failing at the first byte that differs. */
-  async expect(want: Buffer, deadline: number, what: string): Promise<void> {
-    for (;;) {
-      const n = Math.min(this.buf.length, want.length);
-      if (!this.buf.subarray(0, n).equals(want.subarray(0, n))) assert.fail(`${what} differs: ${bytesDiff(this.buf.subarray(0, want.length), want)}`);
-      if (this.buf.length >= want.length) {
-        this.take(want.length);
-        return;
-      }
-      await this.more(deadline, what);
-    }
-  }
-}
-
-function preview(b: Buffer): string {
-  const s = JSON.stringify(b.toString('latin1', 0, Math.min(b.length, 160)));
-  return `${b.length} bytes ${s}${b.length > 160 ? '...' : ''}`;
-}
-
-function bytesDiff(got: Buffer, want: Buffer): string {
-  let i = 0;
-  while (i < got.length && i < want.length && got[i] === want[i]) i++;
-  return `got ${got.length} bytes, want ${want.length}; first difference at ${i}: got ${preview(got.subarray(i, i + 24))}, want ${preview(want.subarray(i, i + 24))}`;
-}
-
-function gap(g: Gap): Promise<void> | null {
-  if (g === 'immediate') return new Promise((resolve) => setImmediate(resolve));
-  // Only to split TCP segments, never to wait for a condition.
-  if (g === 'timer') return new Promise((resolve) => setTimeout(resolve, 1));
-  return null;
-}
-
-/** Writes `bytes` in pieces cut at `points`, with the gaps between them. */
+/** Writes `bytes` in pieces cut at `points` (any: those inside it count, once), with the gaps between them. */
 async function writeSplit(c: Conn, bytes: Buffer, points: number[], gaps: Gap[]): Promise<void> {
-  let prev = 0;
-  const all = [...new Set(points.filter((p) => p > 0 && p < bytes.length))].sort((a, b) => a - b);
-  for (const [i, p] of [...all, bytes.length].entries()) {
-    if (i > 0) {
-      const wait = gap(gaps[(i - 1) % gaps.length]);
-      if (wait !== null) await wait;
-    }
-    if (c.sock.destroyed) return;
-    c.sock.write(bytes.subarray(prev, p));
-    prev = p;
-  }
+  const inside = [...new Set(points.filter((p) => p > 0 && p < bytes.length))].sort((a, b) => a - b);
+  await writeAll(c.sock, splitAt(bytes, inside), gaps);
 }
 
 /** The points where a request is split: its per-mille cuts, and one near its head's end. */
@@ -744,52 +580,29 @@ async function checkClosed(c: Conn, b: Built): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-let origin: Server;
-let proxy: ProxyProcess;
-let proxyPort = 0;
-/** The proxy's exits seen, with its last output: a case that crashes it fails, and the next runs get a fresh one. */
-const crashes: string[] = [];
-
-async function launchProxy(): Promise<void> {
-  const { port } = origin.address() as AddressInfo;
-  backendHost = `127.0.0.1:${port}`;
-  proxy = await startProxy(['--threads', '1', '--backend', `o=http://${backendHost}`]);
-  proxyPort = Number(new URL(proxy.url).port);
-}
-
-function exited(p: ProxyProcess): boolean {
-  return p.proc.exitCode !== null || p.proc.signalCode !== null;
-}
-
-function crashReport(p: ProxyProcess): string {
-  return `the proxy exited (${p.proc.exitCode ?? p.proc.signalCode}); its last output:\n${p.output.slice(-12).join('\n')}`;
-}
+let origin: RawOrigin;
+let proxy: ProxyUnderTest;
 
 before(async () => {
-  origin = createServer(serve);
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  await launchProxy();
+  origin = await RawOrigin.start(serve);
+  backendHost = `127.0.0.1:${origin.port}`;
+  proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://${backendHost}`]);
 });
 
 after(async () => {
-  for (const s of clientSockets) s.destroy();
+  for (const s of Conn.open) s.destroy();
   await proxy?.stop();
-  for (const s of originSockets) s.destroy();
-  if (origin !== undefined) await new Promise<void>((resolve) => origin.close(() => resolve()));
+  await origin?.close();
 });
 
 test('client requests reach the origin byte for byte: request lines, heads, bodies, framing, pipelining, HTTP/1.0', { timeout: 110_000 }, async () => {
   await fc.assert(fc.asyncProperty(scenarioArb, async ({ pipelined, requests, lastPersists, streamCuts, streamGaps }) => {
-    if (exited(proxy)) {
-      crashes.push(crashReport(proxy));
-      await launchProxy();
-    }
+    await proxy.ready();
     arrivals.length = 0;
     strays.length = 0;
     overlaps.length = 0;
     const built = requests.map((r, i) => build(r, i < requests.length - 1 || lastPersists));
-    const c = new Conn(proxyPort);
+    const c = new Conn(proxy.port);
     try {
       const last = built[built.length - 1];
       if (pipelined) {
@@ -815,15 +628,7 @@ test('client requests reach the origin byte for byte: request lines, heads, bodi
       assert.deepEqual(overlaps, [], 'requests sent upstream before the answer to the one before');
       assert.deepEqual(strays, [], 'requests the origin could not place');
     } catch (err) {
-      // A connection closed under the client may be the proxy going down: say so (its exit may lag the close a little).
-      const p = proxy;
-      if (!exited(p) && /closed/.test((err as Error).message)) {
-        let timer: NodeJS.Timeout | undefined;
-        await Promise.race([once(p.proc, 'exit'), new Promise((resolve) => { timer = setTimeout(resolve, 250); })]);
-        clearTimeout(timer);
-      }
-      if (exited(p)) throw new Error(`${(err as Error).message}\n${crashReport(p)}`, { cause: err });
-      throw err;
+      throw await proxy.explain(err);
     } finally {
       c.sock.destroy();
       for (const b of built) {
@@ -837,5 +642,5 @@ test('client requests reach the origin byte for byte: request lines, heads, bodi
     interruptAfterTimeLimit: 70_000,
     markInterruptAsFailure: true,
   });
-  assert.deepEqual(crashes, [], 'the proxy exited');
+  assert.deepEqual(proxy.crashes, [], 'the proxy exited');
 });

@@ -58,10 +58,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import fc from 'fast-check';
-import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
+import { bytesDiff, cutsOf, encodeChunked, gap, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, ProxyUnderTest, RawOrigin, readHeads, requestValueArb, responseValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
 /** The most any one wait (a head, a stream's bytes, a close) may take before the property fails. */
@@ -73,7 +72,6 @@ const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 // ------------------------------------------------------------------ the case
 
-type Gap = 'same' | 'immediate' | 'timer';
 type Side = 'client' | 'origin';
 /** When the client's tunnel bytes go: once it has the 101, the first with the request head, or all without waiting. */
 type Start = 'after-101' | 'with-head' | 'eager';
@@ -219,45 +217,12 @@ const RESERVED = new Set(['host', 'content-length', 'transfer-encoding', 'connec
   'x-forwarded-proto', 'x-forwarded-host', 'proxy-authenticate', 'proxy-authorization', 'x-request-id', 'x-case', 'x-hop',
   'http2-settings', 'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-accept']);
 
-const latin1 = (s: string): Buffer => Buffer.from(s, 'latin1');
 const lines = (ls: readonly string[]): string => ls.map((l) => `${l}\r\n`).join('');
 
-/** Bytes from a seed (xorshift32): every byte value, and now and then bytes that look like HTTP. */
-function makeBytes(length: number, seed: number): Buffer {
-  const special = ['\r\n', '\r\n\r\n', '0\r\n\r\n', 'HTTP/1.1 101 Switching Protocols\r\n\r\n', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', '\0\0', '\xff\xfe\x80']
-    .map(latin1);
-  const out = Buffer.allocUnsafe(length);
-  let x = seed | 0 || 1;
-  let i = 0;
-  while (i < length) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    const r = x >>> 0;
-    if ((r & 15) === 0) {
-      const s = special[(r >>> 4) % special.length];
-      for (let k = 0; k < s.length && i < length; k++) out[i++] = s[k];
-    } else {
-      out[i++] = (r >>> 8) & 255;
-    }
-  }
-  return out;
-}
-
-function cutsOf(perMille: number[], length: number): number[] {
-  const points = perMille.map((c) => Math.floor((c * length) / 1000)).filter((p) => p > 0 && p < length);
-  return [...new Set(points)].sort((a, b) => a - b);
-}
-
-function splitAt(bytes: Buffer, points: number[]): Buffer[] {
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of [...points, bytes.length]) {
-    out.push(bytes.subarray(prev, p));
-    prev = p;
-  }
-  return out;
-}
+// Message bytes now and then look like HTTP (a 101, a next request): see seededBytes.
+const MESSAGE_SPECIALS = ['\r\n', '\r\n\r\n', '0\r\n\r\n', 'HTTP/1.1 101 Switching Protocols\r\n\r\n', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', '\0\0', '\xff\xfe\x80']
+  .map(latin1);
+const makeBytes = (length: number, seed: number): Buffer => seededBytes(length, seed, MESSAGE_SPECIALS);
 
 /** A message's writes: an empty message is one empty write. */
 function writesOf(m: Message): Buffer[] {
@@ -280,18 +245,6 @@ function clientHeadOf(statusLine: string, ls: Line[], extra: string[]): string {
   kept.forEach((l, i) => { out += i === lastVia ? `${l.text}, ${VIA}\r\n` : `${l.text}\r\n`; });
   if (lastVia < 0) out += `Via: ${VIA}\r\n`;
   return `${out}${lines(extra)}\r\n`;
-}
-
-function encodeChunked(body: Buffer, cuts: number[]): Buffer {
-  const parts: Buffer[] = [];
-  let prev = 0;
-  for (const p of [...cutsOf(cuts, body.length), body.length]) {
-    if (p === prev) continue;
-    parts.push(latin1(`${(p - prev).toString(16)}\r\n`), body.subarray(prev, p), latin1('\r\n'));
-    prev = p;
-  }
-  parts.push(latin1('0\r\n\r\n'));
-  return Buffer.concat(parts);
 }
 
 let nextId = 1;
@@ -352,7 +305,7 @@ function build(req: Req, answer: Switch | Decline): Built {
   } else {
     const a = answer;
     const body = makeBytes(a.body.length, a.body.seed);
-    bodyWire = a.framing === 'chunked' ? encodeChunked(body, a.chunkCuts) : body;
+    bodyWire = a.framing === 'chunked' ? encodeChunked(body, { cuts: a.chunkCuts }) : body;
     const mine: Line[] = [a.framing === 'chunked'
       ? { text: `${TE_NAMES[a.framingCase]}: chunked`, role: 'drop' }
       : { text: `${CL_NAMES[a.framingCase]}: ${body.length}`, role: 'keep' }];
@@ -389,21 +342,9 @@ const TOKEN_CHARS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 const nameArb = fc.tuple(fc.constantFrom('X-', 'x-', ''), fc.string({ unit: fc.constantFrom(...TOKEN_CHARS), minLength: 1, maxLength: 12 }))
   .map(([p, n]) => p + n)
   .filter((n) => !RESERVED.has(n.toLowerCase().replace(/_/g, '-')));
-// A request's field-value bytes: visible ASCII, inner SP and HTAB, obs-text; no whitespace at the edges.
-const reqValueArb = fc.string({
-  unit: fc.oneof(
-    { weight: 24, arbitrary: fc.integer({ min: 0x20, max: 0x7e }) },
-    { weight: 1, arbitrary: fc.constant(0x09) },
-    { weight: 2, arbitrary: fc.integer({ min: 0x80, max: 0xff }) },
-  ).map((c) => String.fromCharCode(c)),
-  maxLength: 40,
-}).map((v) => v.replace(/^[ \t]+|[ \t]+$/g, ''));
-const owsArb = fc.oneof({ weight: 6, arbitrary: fc.constant(' ') }, { weight: 1, arbitrary: fc.constantFrom('', '  ', '\t', ' \t') });
-const trailingOwsArb = fc.oneof({ weight: 6, arbitrary: fc.constant('') }, { weight: 1, arbitrary: fc.constantFrom(' ', '\t', ' \t ') });
 // Request lines keep their whitespace as sent (runs of received bytes); response lines are plain.
-const reqLineArb = fc.tuple(nameArb, owsArb, reqValueArb, trailingOwsArb).map(([n, o1, v, o2]) => `${n}:${o1}${v}${o2}`);
-const resValueArb = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)), maxLength: 40 }).map((v) => v.trim());
-const resLineArb = fc.tuple(nameArb, resValueArb).map(([n, v]) => (v === '' ? `${n}:` : `${n}: ${v}`));
+const reqLineArb = fc.tuple(nameArb, owsArb, requestValueArb, trailingOwsArb).map(([n, o1, v, o2]) => `${n}:${o1}${v}${o2}`);
+const resLineArb = fc.tuple(nameArb, responseValueArb).map(([n, v]) => (v === '' ? `${n}:` : `${n}: ${v}`));
 const protocolArb = fc.constantFrom('websocket', 'WebSocket', 'h2c', 'test', 'IRC/6.9', 'RTA/x11', 'websocket, foo/2');
 const reasonArb = (texts: string[]): fc.Arbitrary<string | null> => fc.option(fc.constantFrom(...texts, '', 'Any  Text ~!'), { nil: null, freq: 6 });
 const interimArb = fc.oneof(
@@ -411,15 +352,7 @@ const interimArb = fc.oneof(
   { weight: 6, arbitrary: fc.constant(null) },
   { weight: 1, arbitrary: fc.constantFrom('HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n') },
 );
-const gapsArb = fc.array(fc.constantFrom<Gap>('same', 'immediate', 'timer'), { minLength: 1, maxLength: 3 });
 const cutsArb = fc.array(fc.integer({ min: 1, max: 999 }), { maxLength: 3 });
-const lengthArb = fc.oneof(
-  { withCrossShrink: true },
-  { weight: 4, arbitrary: fc.integer({ min: 0, max: 64 }) },
-  { weight: 3, arbitrary: fc.integer({ min: 65, max: 5000 }) },
-  { weight: 1, arbitrary: fc.integer({ min: 5001, max: 70_000 }) },
-  { weight: 1, arbitrary: fc.integer({ min: 65536 - 600, max: 65536 + 600 }) },
-);
 const messageArb: fc.Arbitrary<Message> = fc.record({ length: lengthArb, seed: fc.integer({ min: 1, max: 0x7fffffff }), cuts: cutsArb });
 const viaArb = fc.option(fc.constantFrom('1.0 fred', '1.1 edge (nginx)', 'HTTP/1.1 a, 1.1 b'), { nil: null, freq: 3 });
 
@@ -577,17 +510,6 @@ class Peer {
   }
 }
 
-function preview(b: Buffer): string {
-  const s = JSON.stringify(b.toString('latin1', 0, Math.min(b.length, 120)));
-  return `${b.length} bytes ${s}${b.length > 120 ? '...' : ''}`;
-}
-
-function bytesDiff(got: Buffer, want: Buffer, from = 0): string {
-  let i = from;
-  while (i < got.length && i < want.length && got[i] === want[i]) i++;
-  return `got ${got.length} bytes, want ${want.length}; first difference at ${i}: got ${preview(got.subarray(i, i + 24))}, want ${preview(want.subarray(i, i + 24))}`;
-}
-
 /** Fails when what `p` got differs from the start of `want`, or runs past it; a head that differs says which lines. */
 function check(p: Peer, want: Buffer, what: string, headLength: number): void {
   const n = Math.min(p.buf.length, want.length);
@@ -633,92 +555,43 @@ async function closedAt(p: Peer, deadline: number, what: string): Promise<void> 
 // -------------------------------------------------------------------- origin
 
 const strays: string[] = [];
-const originSockets = new Set<Socket>();
-
-function gap(g: Gap): Promise<void> | null {
-  if (g === 'immediate') return new Promise((resolve) => setImmediate(resolve));
-  // Only to split TCP segments, never to wait for a condition.
-  if (g === 'timer') return new Promise((resolve) => setTimeout(resolve, 1));
-  return null;
-}
-
-/** Writes `pieces` to `sock` with the gaps between them (stopping if it is gone). */
-async function writeAll(sock: Socket, pieces: Buffer[], gaps: Gap[]): Promise<void> {
-  for (let i = 0; i < pieces.length; i++) {
-    if (i > 0) {
-      const wait = gap(gaps[(i - 1) % gaps.length]);
-      if (wait !== null) await wait;
-    }
-    if (sock.destroyed || !sock.writable) return;
-    sock.write(pieces[i]);
-  }
-}
 
 /** Reads request heads; answers a case's upgrade request as scripted (then the socket is the tunnel's), and probes. */
 function serve(sock: Socket): void {
-  originSockets.add(sock);
-  sock.on('close', () => originSockets.delete(sock));
-  sock.on('error', () => {});
-  let pending: Buffer = Buffer.alloc(0);
-  let busy = false;
-  let tunnel: Peer | null = null;
-  const pump = async (): Promise<void> => {
-    if (busy) return;
-    busy = true;
-    try {
-      for (;;) {
-        const end = pending.indexOf('\r\n\r\n');
-        if (end < 0) return;
-        const head = pending.toString('latin1', 0, end + 4);
-        const rest = pending.subarray(end + 4);
-        pending = Buffer.alloc(0);
-        const m = /\r\nX-Case: (\d+)\r\n/.exec(head);
-        const id = m === null ? -1 : Number(m[1]);
-        const probe = probes.get(id);
-        if (probe !== undefined || retired.has(id)) {
-          if (probe !== undefined) probe.arrived = head;
-          pending = rest;
-          sock.write(`${probeAnswer(id)}\r\n${id}`);
-          continue;
-        }
-        const b = cases.get(id);
-        if (b === undefined) {
-          strays.push(head.slice(0, head.indexOf('\r\n')));
-          sock.destroy();
-          return;
-        }
-        b.arrived = head;
-        b.early = rest.length;
-        if (b.answer.kind === 'decline') {
-          const a = b.answer;
-          pending = rest;
-          const wire = Buffer.concat([b.originHead, b.bodyWire]);
-          await writeAll(sock, splitAt(wire, cutsOf(a.writeCuts, wire.length)), a.gaps);
-          if (sock.destroyed) return;
-          continue;
-        }
-        // A switch: the rest of this connection is the tunnel's.
-        const a = b.answer;
-        const t = new Peer(sock, 'origin', rest.length === 0 ? null : Buffer.from(rest));
-        tunnel = t;
-        const segments = splitAt(b.originHead, cutsOf(a.headCuts, b.originHead.length));
-        if (a.with101 && b.originWrites.length > 0) segments[segments.length - 1] = Buffer.concat([segments[segments.length - 1], b.originWrites[0]]);
-        await writeAll(sock, segments, a.headGaps);
-        b.origin = t;
-        for (const w of b.waiters.splice(0)) w();
-        return;
-      }
-    } finally {
-      busy = false;
+  readHeads(sock, async (head, rest) => {
+    const m = /\r\nX-Case: (\d+)\r\n/.exec(head);
+    const id = m === null ? -1 : Number(m[1]);
+    const probe = probes.get(id);
+    if (probe !== undefined || retired.has(id)) {
+      if (probe !== undefined) probe.arrived = head;
+      sock.write(`${probeAnswer(id)}\r\n${id}`);
+      return true;
     }
-  };
-  sock.on('data', (d: Buffer) => {
-    if (tunnel !== null) {
-      tunnel.push(d);
-      return;
+    const b = cases.get(id);
+    if (b === undefined) {
+      strays.push(head.slice(0, head.indexOf('\r\n')));
+      sock.destroy();
+      return false;
     }
-    pending = pending.length === 0 ? d : Buffer.concat([pending, d]);
-    void pump();
+    b.arrived = head;
+    b.early = rest.length;
+    if (b.answer.kind === 'decline') {
+      const a = b.answer;
+      const wire = Buffer.concat([b.originHead, b.bodyWire]);
+      await writeAll(sock, splitAt(wire, cutsOf(a.writeCuts, wire.length)), a.gaps);
+      return !sock.destroyed;
+    }
+    // A switch: the rest of this connection is the tunnel's (no more heads are read).
+    const a = b.answer;
+    const t = new Peer(sock, 'origin', rest.length === 0 ? null : Buffer.from(rest));
+    sock.removeAllListeners('data');
+    sock.on('data', (d: Buffer) => t.push(d));
+    const segments = splitAt(b.originHead, cutsOf(a.headCuts, b.originHead.length));
+    if (a.with101 && b.originWrites.length > 0) segments[segments.length - 1] = Buffer.concat([segments[segments.length - 1], b.originWrites[0]]);
+    await writeAll(sock, segments, a.headGaps);
+    b.origin = t;
+    for (const w of b.waiters.splice(0)) w();
+    return false;
   });
 }
 
@@ -866,63 +739,30 @@ async function runSwitch(c: Peer, b: Built, a: Switch): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-let origin: Server;
-let proxy: ProxyProcess;
-let proxyPort = 0;
-/** The proxy's exits seen, with its last output: a case that crashes it fails, and the next runs get a fresh one. */
-const crashes: string[] = [];
-
-async function launchProxy(): Promise<void> {
-  const { port } = origin.address() as AddressInfo;
-  proxy = await startProxy(['--threads', '1', '--backend', `o=http://127.0.0.1:${port}`]);
-  proxyPort = Number(new URL(proxy.url).port);
-}
-
-function exited(p: ProxyProcess): boolean {
-  return p.proc.exitCode !== null || p.proc.signalCode !== null;
-}
-
-function crashReport(p: ProxyProcess): string {
-  return `the proxy exited (${p.proc.exitCode ?? p.proc.signalCode}); its last output:\n${p.output.slice(-12).join('\n')}`;
-}
+let origin: RawOrigin;
+let proxy: ProxyUnderTest;
 
 before(async () => {
-  origin = createServer({ allowHalfOpen: true }, serve);
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  await launchProxy();
+  origin = await RawOrigin.start(serve, { allowHalfOpen: true });
+  proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]);
 });
 
 after(async () => {
   for (const s of sockets) s.destroy();
   await proxy?.stop();
-  for (const s of originSockets) s.destroy();
-  if (origin !== undefined) await new Promise<void>((resolve) => origin.close(() => resolve()));
+  await origin?.close();
 });
 
 test('upgrades end to end: the request and the 101 byte for byte, a tunnel both ways, closes, declined upgrades', { timeout: 110_000 }, async () => {
   await fc.assert(fc.asyncProperty(scenarioArb, async ({ req, answer }) => {
-    if (exited(proxy)) {
-      crashes.push(crashReport(proxy));
-      await launchProxy();
-    }
+    await proxy.ready();
     const b = build(req, answer);
-    const c = newClient(proxyPort);
+    const c = newClient(proxy.port);
     try {
       if (answer.kind === 'decline') await runDecline(c, b, answer);
       else await runSwitch(c, b, answer);
     } catch (err) {
-      // A connection closed under the client may be the proxy going down: say so (its exit may lag the close a little).
-      const p = proxy;
-      if (!exited(p) && /closed/.test((err as Error).message)) {
-        let timer: NodeJS.Timeout | undefined;
-        const gone = new AbortController();
-        await Promise.race([once(p.proc, 'exit', { signal: gone.signal }).catch(() => {}), new Promise((resolve) => { timer = setTimeout(resolve, 250); })]);
-        clearTimeout(timer);
-        gone.abort();
-      }
-      if (exited(p)) throw new Error(`${(err as Error).message}\n${crashReport(p)}`, { cause: err });
-      throw err;
+      throw await proxy.explain(err);
     } finally {
       c.sock.destroy();
       b.origin?.sock.destroy();
@@ -936,5 +776,5 @@ test('upgrades end to end: the request and the 101 byte for byte, a tunnel both 
     markInterruptAsFailure: true,
   });
   assert.deepEqual(strays, [], 'requests the origin did not expect');
-  assert.deepEqual(crashes, [], 'the proxy exited');
+  assert.deepEqual(proxy.crashes, [], 'the proxy exited');
 });
