@@ -92,6 +92,17 @@ export interface BuiltHead {
  * Host), then X-Forwarded-*, Via, Forwarded, framing and the upgrade's own
  * Connection/Upgrade. `upgrade` keeps the Upgrade header (a protocol switch).
  */
+/** The Upgrade field's protocols: several lines are one list (RFC 9110 section 5.3), empty elements left out. */
+function upgradeList(h: RequestHead): string {
+  let list = '';
+  for (let i = 0; i < h.count; i++) {
+    if (h.kinds[i] !== K_UPGRADE) continue;
+    const v = h.value(i);
+    if (v !== '') list = list === '' ? v : `${list}, ${v}`;
+  }
+  return list;
+}
+
 export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boolean): BuiltHead {
   const buf = h.buf;
   const L = h.lines;
@@ -140,7 +151,7 @@ export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boo
   if (h.chunked) size += 28;
   let upgradeValue = '';
   if (upgrade && h.upgrade >= 0) {
-    upgradeValue = h.value(h.upgrade);
+    upgradeValue = upgradeList(h);
     size += 21 + 9 + upgradeValue.length + 2;
   }
   size += 2;

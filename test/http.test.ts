@@ -283,6 +283,11 @@ test('an upgrade the backend declines answers as usual, and the connection serve
   assert.equal((JSON.parse(bodyOf(replies[1])) as Seen).url, '/next');
 });
 
+test('an upgrade request with several Upgrade lines: the backend gets them all, as one list in their order', async () => {
+  const answer = await raw('GET /two-upgrades HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade\r\nUpgrade: websocket, foo/2\r\n\r\n');
+  assert.deepEqual(header(JSON.parse(bodyOf(answer)) as Seen, 'upgrade'), ['h2c, websocket, foo/2']);
+});
+
 test('an HTTP/1.0 client gets a chunked answer without chunked framing, delimited by close', async () => {
   const answer = await raw('GET /http10 HTTP/1.0\r\n\r\n');
   assert.match(answer, /^HTTP\/1\.1 200 /);
