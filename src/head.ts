@@ -86,12 +86,6 @@ export interface BuiltHead {
   idEnd: number;
 }
 
-/**
- * The head sent upstream for `h`: HTTP/1.1 request line, end-to-end headers as
- * received, Host first (the absolute-form authority replaces the client's
- * Host), then X-Forwarded-*, Via, Forwarded, framing and the upgrade's own
- * Connection/Upgrade. `upgrade` keeps the Upgrade header (a protocol switch).
- */
 /** The Upgrade field's protocols: several lines are one list (RFC 9110 section 5.3), empty elements left out. */
 function upgradeList(h: RequestHead): string {
   let list = '';
@@ -103,6 +97,12 @@ function upgradeList(h: RequestHead): string {
   return list;
 }
 
+/**
+ * The head sent upstream for `h`: HTTP/1.1 request line, end-to-end headers as
+ * received, Host first (the absolute-form authority replaces the client's
+ * Host), then X-Forwarded-*, Via, Forwarded, framing and the upgrade's own
+ * Connection/Upgrade. `upgrade` keeps the Upgrade header (a protocol switch).
+ */
 export function upstreamHead(h: RequestHead, o: RequestHeadOptions, upgrade: boolean): BuiltHead {
   const buf = h.buf;
   const L = h.lines;
