@@ -33,6 +33,8 @@ const APPLY: { [K in FlagName]?: 'backends' | 'settings' } = {
   'client-header-timeout': 'settings',
   'client-idle-timeout': 'settings',
   'client-body-timeout': 'settings',
+  'tunnel-timeout': 'settings',
+  'tunnel-fin-timeout': 'settings',
   forwarded: 'settings',
   'rewrite-host': 'settings',
   'trusted-proxy': 'settings',

@@ -66,6 +66,8 @@ export interface Config {
   clientHeaderTimeoutMs: number;
   clientIdleTimeoutMs: number;
   clientBodyTimeoutMs: number;
+  tunnelTimeoutMs: number;
+  tunnelFinTimeoutMs: number;
   maxHeadBytes: number;
   maxHeaders: number;
   maxUrlBytes: number;
@@ -283,6 +285,8 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     clientHeaderTimeoutMs: v['client-header-timeout'],
     clientIdleTimeoutMs: v['client-idle-timeout'],
     clientBodyTimeoutMs: v['client-body-timeout'],
+    tunnelTimeoutMs: v['tunnel-timeout'],
+    tunnelFinTimeoutMs: v['tunnel-fin-timeout'],
     maxHeadBytes: v['max-head-size'],
     maxHeaders: v['max-headers'],
     maxUrlBytes: v['max-url-length'],

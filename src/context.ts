@@ -53,6 +53,9 @@ export interface ProxyContext {
   clientHeaderTimeoutMs: number;
   clientIdleTimeoutMs: number;
   clientBodyTimeoutMs: number;
+  /** Silence allowed in a tunnel both ways, and once either side has half-closed. */
+  tunnelTimeoutMs: number;
+  tunnelFinTimeoutMs: number;
   upstreamHeaderTimeoutMs: number;
   upstreamBodyTimeoutMs: number;
   /** Open client connections, for shutdown and the connection gauge. */

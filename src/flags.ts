@@ -268,6 +268,14 @@ export const FLAGS = {
     section: 'Clients', default: 30000, reload: true,
     help: 'silence allowed inside a request body: past it, 408 (if the answer has not begun), the connection is closed and its backend connection freed',
   }),
+  'tunnel-timeout': one(int(1000, 7 * DAY * 1000, 'MS'), {
+    section: 'Clients', default: HOUR_MS, reload: true,
+    help: 'an upgraded connection (WebSocket) with no byte either way for this long is closed on both sides (as HAProxy\'s `timeout tunnel`)',
+  }),
+  'tunnel-fin-timeout': one(int(100, HOUR_MS, 'MS'), {
+    section: 'Clients', default: 30000, reload: true,
+    help: 'the same silence limit once either side of a tunnel has half-closed (sent its FIN), if shorter (as HAProxy\'s `timeout client-fin`)',
+  }),
   'max-head-size': one(int(1024, 1 << 20, 'BYTES'), {
     section: 'Clients', default: 16384,
     help: 'most bytes of a request\'s head (request line and headers); beyond, 431',

@@ -58,7 +58,7 @@ export interface LoopSettings {
 /** What a SIGHUP changes in a running loop (src/cli.ts says which flags reload); it crosses to worker threads by structured clone. */
 export type LoopReload = Pick<Config,
   | 'logLevel' | 'sessionCookies' | 'cookiePickLast' | 'retries' | 'adopt' | 'forwarded' | 'rewriteHost' | 'trustedProxies'
-  | 'clientHeaderTimeoutMs' | 'clientIdleTimeoutMs' | 'clientBodyTimeoutMs'
+  | 'clientHeaderTimeoutMs' | 'clientIdleTimeoutMs' | 'clientBodyTimeoutMs' | 'tunnelTimeoutMs' | 'tunnelFinTimeoutMs'
   | 'upstreamConnectTimeoutMs' | 'upstreamHeaderTimeoutMs' | 'upstreamBodyTimeoutMs' | 'upstreamIdleTimeoutMs' | 'queueMax' | 'queueTimeoutMs'
 > & {
   /** The certificate and key for new TLS connections; null: unchanged. */
@@ -71,6 +71,7 @@ export function loopReload(c: Config, tlsChanged: boolean): LoopReload {
     logLevel: c.logLevel, sessionCookies: c.sessionCookies, cookiePickLast: c.cookiePickLast, retries: c.retries, adopt: c.adopt,
     forwarded: c.forwarded, rewriteHost: c.rewriteHost, trustedProxies: c.trustedProxies,
     clientHeaderTimeoutMs: c.clientHeaderTimeoutMs, clientIdleTimeoutMs: c.clientIdleTimeoutMs, clientBodyTimeoutMs: c.clientBodyTimeoutMs,
+    tunnelTimeoutMs: c.tunnelTimeoutMs, tunnelFinTimeoutMs: c.tunnelFinTimeoutMs,
     upstreamConnectTimeoutMs: c.upstreamConnectTimeoutMs, upstreamHeaderTimeoutMs: c.upstreamHeaderTimeoutMs, upstreamBodyTimeoutMs: c.upstreamBodyTimeoutMs,
     upstreamIdleTimeoutMs: c.upstreamIdleTimeoutMs, queueMax: c.queueMax, queueTimeoutMs: c.queueTimeoutMs,
     tls: tlsChanged ? c.tls : null,
@@ -161,7 +162,7 @@ export class Loop {
     const affinityOff = config.sessionCookies.length === 0;
     this.storeDescription = affinityOff ? 'none (affinity off)' : describeStore(settings);
     // The coarsest resolution that still honours the shortest timeout closely.
-    const shortest = Math.min(config.clientHeaderTimeoutMs, config.upstreamHeaderTimeoutMs, config.upstreamConnectTimeoutMs, config.queueTimeoutMs);
+    const shortest = Math.min(config.clientHeaderTimeoutMs, config.upstreamHeaderTimeoutMs, config.upstreamConnectTimeoutMs, config.queueTimeoutMs, config.tunnelFinTimeoutMs);
     this.deadlines = new Deadlines(Math.max(10, Math.min(250, Math.floor(shortest / 4))));
     this.#upstream = {
       // The cap is the process's: each loop gets its share.
@@ -218,6 +219,8 @@ export class Loop {
       clientHeaderTimeoutMs: config.clientHeaderTimeoutMs,
       clientIdleTimeoutMs: config.clientIdleTimeoutMs,
       clientBodyTimeoutMs: config.clientBodyTimeoutMs,
+      tunnelTimeoutMs: config.tunnelTimeoutMs,
+      tunnelFinTimeoutMs: config.tunnelFinTimeoutMs,
       upstreamHeaderTimeoutMs: config.upstreamHeaderTimeoutMs,
       upstreamBodyTimeoutMs: config.upstreamBodyTimeoutMs,
       clients: new Set(),
@@ -292,6 +295,8 @@ export class Loop {
     ctx.clientHeaderTimeoutMs = r.clientHeaderTimeoutMs;
     ctx.clientIdleTimeoutMs = r.clientIdleTimeoutMs;
     ctx.clientBodyTimeoutMs = r.clientBodyTimeoutMs;
+    ctx.tunnelTimeoutMs = r.tunnelTimeoutMs;
+    ctx.tunnelFinTimeoutMs = r.tunnelFinTimeoutMs;
     ctx.upstreamHeaderTimeoutMs = r.upstreamHeaderTimeoutMs;
     ctx.upstreamBodyTimeoutMs = r.upstreamBodyTimeoutMs;
     const u = this.#upstream;

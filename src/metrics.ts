@@ -101,6 +101,8 @@ export function loopMetrics(l: LoopStats, backends: readonly Backend[], clients:
   m.add('sticky_client_aborts_total', 'Requests whose client went away before the answer was complete', 'counter', [{ value: l.clientAborts }]);
   m.add('sticky_client_connections', 'Open client connections', 'gauge', [{ value: clients }]);
   m.add('sticky_client_connections_refused_total', 'Connections refused over --max-connections', 'counter', [{ value: l.connectionsRefused }]);
+  m.add('sticky_tunnels', 'Open tunnels: upgraded connections (WebSocket) piped both ways', 'gauge', [{ value: l.tunnels }]);
+  m.add('sticky_tunnel_timeouts_total', 'Tunnels closed on both sides for silence (--tunnel-timeout, --tunnel-fin-timeout)', 'counter', [{ value: l.tunnelTimeouts }]);
   m.add('sticky_proxy_protocol_errors_total', 'Connections closed for a missing, malformed or late PROXY protocol header (--accept-proxy)', 'counter', [{ value: l.proxyProtocolErrors }]);
   m.histogram('sticky_worker_batch_size', 'Operations per affinity batch', [{ h: l.batchSize }]);
   return m.out;

@@ -85,6 +85,9 @@ export class LoopStats {
   connectionsRefused = 0;
   /** Connections closed for a missing, malformed or late PROXY header (--accept-proxy). */
   proxyProtocolErrors = 0;
+  /** Open tunnels (upgraded connections), and those closed for silence. */
+  tunnels = 0;
+  tunnelTimeouts = 0;
   readonly batchSize = new Histogram([1, 2, 4, 8, 16, 32, 64, 128, 256, 512]);
   /** For answers of the proxy itself (backend "none"). */
   readonly none = new BackendStats();

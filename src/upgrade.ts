@@ -3,7 +3,9 @@
 // requests; a backend that declines (any answer but 101) answers as usual and
 // the client connection stays usable. After a 101 the two sockets are spliced
 // both ways with backpressure; a FIN travels as a half-close, and a side cut
-// off cuts the other. While a
+// off cuts the other. A tunnel silent both ways for --tunnel-timeout (or
+// --tunnel-fin-timeout once half-closed) is closed on both sides, so a peer
+// that vanished without a FIN or a reset holds no sockets for good. While a
 // bound session's tunnel is open its binding is kept fresh, so a session that
 // lives on one WebSocket for hours keeps its backend.
 import type { Backend } from './backends.ts';
@@ -26,7 +28,9 @@ export class Tunnel implements ConnectionUser {
     this.up = up;
     this.backend = backend;
     up.user = this;
-    up.noDeadline();
+    // The silence timeout rides on the backend connection's deadline, moved by every byte either way.
+    this.#quiet();
+    client.ctx.stats.tunnels++;
     // A backend's FIN is a half-close here: the client may still send (client sockets are half-open already).
     up.socket.allowHalfOpen = true;
     client.cork();
@@ -45,6 +49,7 @@ export class Tunnel implements ConnectionUser {
 
   /** True when the backend's socket keeps `chunk` queued (not written whole). */
   fromClient(chunk: Buffer): boolean {
+    this.#quiet();
     this.backend.stats.bytesIn += chunk.length;
     const s = this.up.socket;
     if (!s.write(chunk)) this.client.bodyFlowing(false);
@@ -52,6 +57,7 @@ export class Tunnel implements ConnectionUser {
   }
 
   upstreamData(chunk: Buffer): boolean {
+    this.#quiet();
     this.backend.stats.bytesOut += chunk.length;
     if (this.client.write(chunk)) return this.client.flushed;
     this.up.socket.pause();
@@ -69,11 +75,13 @@ export class Tunnel implements ConnectionUser {
   /** Half-closes travel through: each side's FIN reaches the other. */
   upstreamEnd(): void {
     this.#upEnded = true;
+    this.#quiet();
     this.client.shutdownWrite();
   }
 
   clientEnd(): void {
     this.#clientEnded = true;
+    this.#quiet();
     this.up.socket.end();
   }
 
@@ -88,15 +96,31 @@ export class Tunnel implements ConnectionUser {
     if (!this.#upEnded || !this.#clientEnded) this.up.destroy();
   }
 
-  /** Tunnels have no deadline of their own; one set elsewhere ends the tunnel. */
+  /** Silent too long: both sides are cut, whatever each has ended. */
   upstreamTimeout(): void {
-    this.clientClosed();
+    const ctx = this.client.ctx;
+    ctx.stats.tunnelTimeouts++;
+    const halfClosed = this.#upEnded || this.#clientEnded;
+    ctx.log.info({ backend: this.backend.name, ms: halfClosed ? this.#limit() : ctx.tunnelTimeoutMs, halfClosed }, 'tunnel timed out');
+    this.#closed();
+    this.up.destroy();
     this.client.destroy();
+  }
+
+  /** Restarts the silence timeout. */
+  #quiet(): void {
+    this.up.waitFor(this.#limit());
+  }
+
+  #limit(): number {
+    const ctx = this.client.ctx;
+    return this.#upEnded || this.#clientEnded ? Math.min(ctx.tunnelTimeoutMs, ctx.tunnelFinTimeoutMs) : ctx.tunnelTimeoutMs;
   }
 
   #closed(): void {
     if (this.#gone) return;
     this.#gone = true;
+    this.client.ctx.stats.tunnels--;
     clearInterval(this.#refresh);
     this.backend.end();
   }
