@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
 import { startProxy, type ProxyProcess } from './helpers/proxy.ts';
 import { waitFor, waitForLine } from './helpers/wait.ts';
 import { Conn, RawOrigin } from './helpers/wire.ts';
@@ -40,7 +41,7 @@ before(async () => {
     };
     sock.on('data', onData);
   }, { allowHalfOpen: true }); // a client's FIN leaves the backend's side open, as a server that still has things to say
-  proxy = await startProxy(['--backend', `o=http://127.0.0.1:${origin.port}`, '--threads', '1', '--no-affinity',
+  proxy = await startProxy(['--backend', `o=http://127.0.0.1:${origin.port}`, '--threads', '1', '--no-affinity', '--admin', '127.0.0.1:0',
     '--tunnel-timeout', String(TUNNEL_MS), '--tunnel-fin-timeout', String(FIN_MS)]);
   port = Number(new URL(proxy.url).port);
 }, T);
@@ -75,12 +76,22 @@ async function cutAtOrigin(up: (typeof tunnels)[number]): Promise<void> {
   }, { what: "the origin's side refused by the proxy", timeoutMs: 5000, intervalMs: 50 });
 }
 
+/** A metric's value from the admin API's /metrics. */
+async function metric(name: string): Promise<number> {
+  const admin = proxy.output.find((l) => l.startsWith('admin on '))!.slice('admin on '.length);
+  const text = await (await request(`${admin}/metrics`)).body.text();
+  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+  assert.ok(m, `${name} in /metrics`);
+  return Number(m[1]);
+}
+
 function closedAt(c: Conn): Promise<number> {
   return c.sock.closed ? Promise.resolve(performance.now()) : once(c.sock, 'close').then(() => performance.now());
 }
 
 test('bytes either way keep a tunnel open past --tunnel-timeout; silence closes both sides after it', T, async () => {
   const { c, up } = await open();
+  assert.equal(await metric('sticky_tunnels'), 1);
   const clientClosed = closedAt(c);
   // 1.6 s of the client's bytes only, then 1.6 s of the backend's only: each way resets the timeout.
   for (let i = 0; i < 8; i++) { c.sock.write('c'); await sleep(200); } // the scenario: bytes at a pace below the timeout
@@ -92,6 +103,8 @@ test('bytes either way keep a tunnel open past --tunnel-timeout; silence closes 
   await cutAtOrigin(up);
   assert.ok(clientAt - quietFrom >= TUNNEL_MS - 250, `closed ${Math.round(clientAt - quietFrom)} ms into the silence, not before --tunnel-timeout`);
   await waitForLine(proxy.output, (l) => l.includes('tunnel timed out') && l.includes('"halfClosed":false'), { what: 'the timeout logged' });
+  assert.equal(await metric('sticky_tunnels'), 0);
+  assert.equal(await metric('sticky_tunnel_timeouts_total'), 1);
 });
 
 test('once the client has half-closed, --tunnel-fin-timeout closes a silent tunnel', T, async () => {
