@@ -18,9 +18,12 @@ import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
+import { selfSigned } from './helpers/tls.ts';
 import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, preview, ProxyUnderTest, RawOrigin, readHeads, responseValueArb, seededBytes, splitAt, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 300;
+/** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): the other read and write paths. */
+const TLS_RUNS = 100;
 /** The most one request-answer exchange may take before the property fails. */
 const ANSWER_MS = 2000;
 const VIA_LINE = 'Via: 1.1 sticky-proxy';
@@ -398,21 +401,34 @@ async function exchange(c: Conn, b: Built, kind: ClientKind, label: string): Pro
 
 // ---------------------------------------------------------------------- test
 
-let origin: RawOrigin;
-let proxy: ProxyUnderTest;
+/** An origin and the proxy in front of it, plain or TLS on both sides. */
+interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boolean }
+let plain: Setup;
+let secure: Setup;
 
 before(async () => {
-  origin = await RawOrigin.start(serve);
-  proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]);
+  let origin = await RawOrigin.start(serve);
+  plain = { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]), secure: false };
+  const cert = selfSigned('forward-property');
+  origin = await RawOrigin.start(serve, {}, cert);
+  secure = {
+    origin,
+    proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=https://127.0.0.1:${origin.port}`, '--backend-ca', cert.certFile,
+      '--tls-cert', cert.certFile, '--tls-key', cert.keyFile]),
+    secure: true,
+  };
 });
 
 after(async () => {
   for (const s of Conn.open) s.destroy();
-  await proxy?.stop();
-  await origin?.close();
+  for (const x of [plain, secure]) {
+    await x?.proxy.stop();
+    await x?.origin.close();
+  }
 });
 
-test('backend answers reach the client byte for byte: heads, bodies, framing, kept-alive connections', { timeout: 110_000 }, async () => {
+async function property(setup: Setup, numRuns: number): Promise<void> {
+  const proxy = setup.proxy;
   await fc.assert(fc.asyncProperty(scenarioArb, async ({ client, answers }) => {
     await proxy.ready();
     const conns: Conn[] = [];
@@ -422,7 +438,7 @@ test('backend answers reach the client byte for byte: heads, bodies, framing, ke
       for (let i = 0; i < answers.length; i++) {
         const b = build(answers[i]);
         built.push(b);
-        if (conn === null) conns.push(conn = new Conn(proxy.port));
+        if (conn === null) conns.push(conn = new Conn(proxy.port, setup.secure));
         if (!await exchange(conn, b, client, `answer ${i + 1} of ${answers.length}`)) conn = null;
       }
       if (conn !== null) {
@@ -437,11 +453,19 @@ test('backend answers reach the client byte for byte: heads, bodies, framing, ke
       for (const b of built) cases.delete(b.id);
     }
   }), {
-    numRuns: NUM_RUNS,
+    numRuns,
     // A failure that shows as a timeout (body bytes lost) costs ANSWER_MS per shrinking step: stop shrinking in time to report it.
     interruptAfterTimeLimit: 70_000,
     markInterruptAsFailure: true,
   });
   assert.deepEqual(strays, [], 'requests the origin did not expect');
   assert.deepEqual(proxy.crashes, [], 'the proxy exited');
+}
+
+test('backend answers reach the client byte for byte: heads, bodies, framing, kept-alive connections', { timeout: 110_000 }, async () => {
+  await property(plain, NUM_RUNS);
+});
+
+test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
+  await property(secure, TLS_RUNS);
 });

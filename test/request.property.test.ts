@@ -40,9 +40,12 @@ import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
 import { DEFAULT_SESSION_COOKIES } from '../src/config.ts';
+import { selfSigned } from './helpers/tls.ts';
 import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, ProxyUnderTest, RawOrigin, requestValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
+/** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): the other read and write paths. */
+const TLS_RUNS = 150;
 /** The most one request-answer exchange may take before the property fails. */
 const ANSWER_MS = 2000;
 /** The client's address as the proxy sees it (X-Forwarded-For). */
@@ -172,8 +175,9 @@ const cases = new Map<number, Built>();
  * hands): they are answered and set aside, not taken for the next run's.
  */
 const retired = new Set<number>();
-/** The origin's "host:port", which the proxy sends as Host when the client gave none. */
+/** The origin's "host:port", which the proxy sends as Host when the client gave none, and the client's scheme: the test's setup. */
 let backendHost = '';
+let scheme = 'http';
 
 function build(req: Req, persist: boolean): Built {
   const id = nextId++;
@@ -241,7 +245,7 @@ function build(req: Req, persist: boolean): Built {
   const clientId = firstRid !== undefined && /^[\x21-\x7e]{1,200}$/.test(firstRid.value) ? firstRid.value : null;
   let before = `${method} ${upstreamTarget} HTTP/1.1\r\nHost: ${hostValue === '' ? backendHost : hostValue}\r\n`;
   kept.forEach((f, i) => { before += i === lastVia ? `${f.name}:${f.ows1}${f.value}, 1.1 sticky-proxy\r\n` : `${fieldLine(f)}\r\n`; });
-  before += `X-Forwarded-For: ${CLIENT_ADDRESS}\r\nX-Forwarded-Proto: http\r\n`;
+  before += `X-Forwarded-For: ${CLIENT_ADDRESS}\r\nX-Forwarded-Proto: ${scheme}\r\n`;
   if (hostValue !== '') before += `X-Forwarded-Host: ${hostValue}\r\n`;
   if (lastVia < 0) before += 'Via: 1.1 sticky-proxy\r\n';
   before += REQUEST_ID_LINE;
@@ -580,29 +584,43 @@ async function checkClosed(c: Conn, b: Built): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-let origin: RawOrigin;
-let proxy: ProxyUnderTest;
+/** An origin and the proxy in front of it, plain or TLS on both sides. */
+interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boolean }
+let plain: Setup;
+let secure: Setup;
 
 before(async () => {
-  origin = await RawOrigin.start(serve);
-  backendHost = `127.0.0.1:${origin.port}`;
-  proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://${backendHost}`]);
+  let origin = await RawOrigin.start(serve);
+  plain = { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]), secure: false };
+  const cert = selfSigned('request-property');
+  origin = await RawOrigin.start(serve, {}, cert);
+  secure = {
+    origin,
+    proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=https://127.0.0.1:${origin.port}`, '--backend-ca', cert.certFile,
+      '--tls-cert', cert.certFile, '--tls-key', cert.keyFile]),
+    secure: true,
+  };
 });
 
 after(async () => {
   for (const s of Conn.open) s.destroy();
-  await proxy?.stop();
-  await origin?.close();
+  for (const x of [plain, secure]) {
+    await x?.proxy.stop();
+    await x?.origin.close();
+  }
 });
 
-test('client requests reach the origin byte for byte: request lines, heads, bodies, framing, pipelining, HTTP/1.0', { timeout: 110_000 }, async () => {
+async function property(setup: Setup, numRuns: number): Promise<void> {
+  const proxy = setup.proxy;
+  backendHost = `127.0.0.1:${setup.origin.port}`;
+  scheme = setup.secure ? 'https' : 'http';
   await fc.assert(fc.asyncProperty(scenarioArb, async ({ pipelined, requests, lastPersists, streamCuts, streamGaps }) => {
     await proxy.ready();
     arrivals.length = 0;
     strays.length = 0;
     overlaps.length = 0;
     const built = requests.map((r, i) => build(r, i < requests.length - 1 || lastPersists));
-    const c = new Conn(proxy.port);
+    const c = new Conn(proxy.port, setup.secure);
     try {
       const last = built[built.length - 1];
       if (pipelined) {
@@ -637,10 +655,18 @@ test('client requests reach the origin byte for byte: request lines, heads, bodi
       }
     }
   }), {
-    numRuns: NUM_RUNS,
+    numRuns,
     // A failure that shows as a timeout (body bytes lost) costs ANSWER_MS per shrinking step: stop shrinking in time to report it.
     interruptAfterTimeLimit: 70_000,
     markInterruptAsFailure: true,
   });
   assert.deepEqual(proxy.crashes, [], 'the proxy exited');
+}
+
+test('client requests reach the origin byte for byte: request lines, heads, bodies, framing, pipelining, HTTP/1.0', { timeout: 110_000 }, async () => {
+  await property(plain, NUM_RUNS);
+});
+
+test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
+  await property(secure, TLS_RUNS);
 });

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import { once } from 'node:events';
 import { connect, createServer, type AddressInfo, type Server, type ServerOpts, type Socket } from 'node:net';
+import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls';
 import fc from 'fast-check';
 import { startProxy, type ProxyProcess } from './proxy.ts';
 
@@ -161,8 +162,9 @@ export class Conn {
   ended = false;
   #wake: (() => void) | null = null;
 
-  constructor(port: number) {
-    const sock = connect(port, '127.0.0.1');
+  /** `secure`: TLS to a listener with `--tls-cert` (its certificate is not checked: the bytes inside are the test). */
+  constructor(port: number, secure = false) {
+    const sock = secure ? tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false }) : connect(port, '127.0.0.1');
     this.sock = sock;
     Conn.open.add(sock);
     sock.on('data', (d: Buffer) => {
@@ -245,17 +247,19 @@ export class RawOrigin {
   readonly server: Server;
   readonly #sockets = new Set<Socket>();
 
-  constructor(serve: (sock: Socket) => void, options: ServerOpts = {}) {
-    this.server = createServer(options, (sock) => {
+  /** `tls`: a TLS server with this certificate (an `https://` backend); `serve` gets the decrypted socket. */
+  constructor(serve: (sock: Socket) => void, options: ServerOpts = {}, tls: { cert: string; key: string } | null = null) {
+    const accepted = (sock: Socket): void => {
       this.#sockets.add(sock);
       sock.on('close', () => this.#sockets.delete(sock));
       sock.on('error', () => {});
       serve(sock);
-    });
+    };
+    this.server = tls === null ? createServer(options, accepted) : tlsCreateServer({ ...options, ...tls }, accepted);
   }
 
-  static async start(serve: (sock: Socket) => void, options: ServerOpts = {}): Promise<RawOrigin> {
-    const o = new RawOrigin(serve, options);
+  static async start(serve: (sock: Socket) => void, options: ServerOpts = {}, tls: { cert: string; key: string } | null = null): Promise<RawOrigin> {
+    const o = new RawOrigin(serve, options, tls);
     o.server.listen(0, '127.0.0.1');
     await once(o.server, 'listening');
     return o;
