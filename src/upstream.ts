@@ -5,7 +5,7 @@
 // completely (the request's owner decides), and idle sockets close after
 // --upstream-idle-timeout, below a backend's own keep-alive timeout.
 import { performance } from 'node:perf_hooks';
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
 import type { Deadlines, Timed } from './deadlines.ts';
 import { afterRead, freeRead, readBuffer } from './read-regions.ts';
 import { Histogram, QUEUE_BUCKETS } from './stats.ts';
@@ -211,6 +211,7 @@ export class UpstreamPool implements Timed {
   readonly host: string;
   readonly port: number;
   readonly tls: boolean;
+  /** The name sent as SNI; '' for an address, which SNI cannot carry. */
   readonly servername: string;
   /** Open connections, idle, busy or connecting. */
   open = 0;
@@ -231,7 +232,8 @@ export class UpstreamPool implements Timed {
     this.tls = url.protocol === 'https:';
     this.host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
     this.port = url.port === '' ? (this.tls ? 443 : 80) : Number(url.port);
-    this.servername = this.host;
+    // SNI names a host, never an address (RFC 6066 section 3); the certificate is still checked against the address.
+    this.servername = isIP(this.host) === 0 ? this.host : '';
     this.#deadlines = deadlines;
   }
 
@@ -368,7 +370,7 @@ export class UpstreamPool implements Timed {
     this.#connecting++;
     const socket = this.tls
       // node:tls is loaded only for https:// backends.
-      ? process.getBuiltinModule('node:tls').connect({ host: this.host, port: this.port, servername: this.servername, ca: this.opts.ca ?? undefined, ALPNProtocols: ['http/1.1'] })
+      ? process.getBuiltinModule('node:tls').connect({ host: this.host, port: this.port, servername: this.servername || undefined, ca: this.opts.ca ?? undefined, ALPNProtocols: ['http/1.1'] })
       : netConnect({ host: this.host, port: this.port, onread: READ_INTO });
     const conn = new UpstreamConnection(this, socket, opener, performance.now());
     this.#deadlines.add(conn);
