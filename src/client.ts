@@ -159,11 +159,6 @@ export class ClientConnection implements Timed {
     this.socket.uncork();
   }
 
-  /** A tunnel's half-close: the client gets the backend's FIN; reading goes on. */
-  shutdownWrite(): void {
-    this.socket.end();
-  }
-
   /** Closes after what is written, lingering a little to drain what the client still sends. */
   end(): void {
     if (this.#state === CLOSING) return;

@@ -8,6 +8,8 @@
 // that vanished without a FIN or a reset holds no sockets for good. While a
 // bound session's tunnel is open its binding is kept fresh, so a session that
 // lives on one WebSocket for hours keeps its backend.
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Backend } from './backends.ts';
 import type { ClientConnection } from './client.ts';
 import type { ConnectionUser, UpstreamConnection } from './upstream.ts';
@@ -76,13 +78,13 @@ export class Tunnel implements ConnectionUser {
   upstreamEnd(): void {
     this.#upEnded = true;
     this.#quiet();
-    this.client.shutdownWrite();
+    halfClose(this.client.socket);
   }
 
   clientEnd(): void {
     this.#clientEnded = true;
     this.#quiet();
-    this.up.socket.end();
+    halfClose(this.up.socket);
   }
 
   /** A side closed: the other is cut, unless both ended cleanly (then it still delivers what it holds, and closes). */
@@ -124,4 +126,23 @@ export class Tunnel implements ConnectionUser {
     clearInterval(this.#refresh);
     this.backend.end();
   }
+}
+
+/**
+ * Passes a FIN on to `s`. A TLS socket's end() discards records it has
+ * received but not yet decrypted: Node's TLSWrap::DoShutdown calls
+ * SSL_shutdown twice, and the second call reads the input to wait for the
+ * peer's close_notify, throwing application data away. Called from within
+ * the socket's own read (a 101 and the tunnel's first bytes in one read, with
+ * the client's FIN already in), that loses the bytes behind it; one turn
+ * later Node has decrypted and delivered everything it read, and what comes
+ * after the shutdown is read as usual.
+ */
+function halfClose(s: Socket): void {
+  if ((s as TLSSocket).encrypted === true) setImmediate(endSocket, s);
+  else s.end();
+}
+
+function endSocket(s: Socket): void {
+  if (!s.destroyed) s.end();
 }

@@ -59,10 +59,14 @@ import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import fc from 'fast-check';
+import { selfSigned } from './helpers/tls.ts';
 import { bytesDiff, cutsOf, encodeChunked, gap, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, ProxyUnderTest, RawOrigin, readHeads, requestValueArb, responseValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
+/** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): WebSockets over wss://. */
+const TLS_RUNS = 150;
 /** The most any one wait (a head, a stream's bytes, a close) may take before the property fails. */
 const WAIT_MS = 2000;
 /** The client's address as the proxy sees it (X-Forwarded-For). */
@@ -248,6 +252,8 @@ function clientHeadOf(statusLine: string, ls: Line[], extra: string[]): string {
 }
 
 let nextId = 1;
+/** The client's scheme (X-Forwarded-Proto): the test's setup. */
+let scheme = 'http';
 const cases = new Map<number, Built>();
 const probes = new Map<number, Probe>();
 /** Ids of runs that are over: a failing run's requests may reach the origin later, and are answered and set aside. */
@@ -271,7 +277,7 @@ function build(req: Req, answer: Switch | Decline): Built {
   const head = latin1(`GET ${req.target} HTTP/1.1\r\n${lines(all.map((l) => l.text))}\r\n`);
   // What the origin must get (upstreamHead, default flags, an untrusted client).
   const upBefore = `GET ${req.target} HTTP/1.1\r\nHost: ${req.host}\r\n${lines(all.filter((l) => l.role === 'keep').map((l) => l.text))}`
-    + `X-Forwarded-For: ${CLIENT_ADDRESS}\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ${req.host}\r\nVia: ${VIA}\r\nx-request-id: `;
+    + `X-Forwarded-For: ${CLIENT_ADDRESS}\r\nX-Forwarded-Proto: ${scheme}\r\nX-Forwarded-Host: ${req.host}\r\nVia: ${VIA}\r\nx-request-id: `;
   const upAfter = `\r\nConnection: upgrade\r\nUpgrade: ${req.upgradeValue}\r\n\r\n`;
 
   let originHead: Buffer;
@@ -621,8 +627,11 @@ function checkArrival(b: Built, at: string): void {
 
 // -------------------------------------------------------------------- client
 
-function newClient(port: number): Peer {
-  const sock = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+function newClient(port: number, secure: boolean): Peer {
+  const sock = secure
+    // tls.connect takes net's allowHalfOpen too, though its types do not say so.
+    ? tlsConnect({ port, host: '127.0.0.1', allowHalfOpen: true, rejectUnauthorized: false } as ConnectionOptions)
+    : connect({ port, host: '127.0.0.1', allowHalfOpen: true });
   const p = new Peer(sock, 'client', null);
   sock.on('data', (d: Buffer) => p.push(d));
   return p;
@@ -739,25 +748,39 @@ async function runSwitch(c: Peer, b: Built, a: Switch): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-let origin: RawOrigin;
-let proxy: ProxyUnderTest;
+/** An origin and the proxy in front of it, plain or TLS on both sides. */
+interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boolean }
+let plain: Setup;
+let secure: Setup;
 
 before(async () => {
-  origin = await RawOrigin.start(serve, { allowHalfOpen: true });
-  proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]);
+  let origin = await RawOrigin.start(serve, { allowHalfOpen: true });
+  plain = { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]), secure: false };
+  const cert = selfSigned('upgrade-property');
+  origin = await RawOrigin.start(serve, { allowHalfOpen: true }, cert);
+  secure = {
+    origin,
+    proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=https://127.0.0.1:${origin.port}`, '--backend-ca', cert.certFile,
+      '--tls-cert', cert.certFile, '--tls-key', cert.keyFile]),
+    secure: true,
+  };
 });
 
 after(async () => {
   for (const s of sockets) s.destroy();
-  await proxy?.stop();
-  await origin?.close();
+  for (const x of [plain, secure]) {
+    await x?.proxy.stop();
+    await x?.origin.close();
+  }
 });
 
-test('upgrades end to end: the request and the 101 byte for byte, a tunnel both ways, closes, declined upgrades', { timeout: 110_000 }, async () => {
+async function property(setup: Setup, numRuns: number): Promise<void> {
+  const proxy = setup.proxy;
+  scheme = setup.secure ? 'https' : 'http';
   await fc.assert(fc.asyncProperty(scenarioArb, async ({ req, answer }) => {
     await proxy.ready();
     const b = build(req, answer);
-    const c = newClient(proxy.port);
+    const c = newClient(proxy.port, setup.secure);
     try {
       if (answer.kind === 'decline') await runDecline(c, b, answer);
       else await runSwitch(c, b, answer);
@@ -770,11 +793,19 @@ test('upgrades end to end: the request and the 101 byte for byte, a tunnel both 
       retired.add(b.id);
     }
   }), {
-    numRuns: NUM_RUNS,
+    numRuns,
     // A failure that shows as a timeout (bytes or a close lost) costs WAIT_MS per shrinking step: stop shrinking in time to report it.
     interruptAfterTimeLimit: 70_000,
     markInterruptAsFailure: true,
   });
   assert.deepEqual(strays, [], 'requests the origin did not expect');
   assert.deepEqual(proxy.crashes, [], 'the proxy exited');
+}
+
+test('upgrades end to end: the request and the 101 byte for byte, a tunnel both ways, closes, declined upgrades', { timeout: 110_000 }, async () => {
+  await property(plain, NUM_RUNS);
+});
+
+test('the same through TLS on both sides (wss:// to an https:// origin)', { timeout: 110_000 }, async () => {
+  await property(secure, TLS_RUNS);
 });
