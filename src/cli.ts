@@ -33,6 +33,7 @@ const APPLY: { [K in FlagName]?: 'backends' | 'settings' } = {
   'client-header-timeout': 'settings',
   'client-idle-timeout': 'settings',
   'client-body-timeout': 'settings',
+  'max-body-size': 'settings',
   'tunnel-timeout': 'settings',
   'tunnel-fin-timeout': 'settings',
   forwarded: 'settings',

@@ -198,10 +198,7 @@ export class ClientConnection implements Timed {
       if (!f.bodyDone && !f.done) {
         this.deadline = performance.now() + this.ctx.clientBodyTimeoutMs;
         const end = f.clientBody(chunk, 0, chunk.length);
-        if (end < 0) {
-          f.badBody('malformed chunked body');
-          return;
-        }
+        if (end < 0) return;
         if (f.bodyDone) this.deadline = Infinity;
         if (end < chunk.length) this.#stash(chunk.subarray(end));
       } else {
@@ -282,6 +279,10 @@ export class ClientConnection implements Timed {
         }
         this.#checked = -1;
         this.#headTimer = false;
+        if (h.contentLength > ctx.maxBodyBytes) {
+          this.#refuse(413, 'request body over --max-body-size');
+          return;
+        }
         const f = this.#begin(h);
         this.forward = f;
         this.#state = ACTIVE;
@@ -289,10 +290,7 @@ export class ClientConnection implements Timed {
         if (!f.bodyDone) {
           this.deadline = performance.now() + ctx.clientBodyTimeoutMs;
           const end = f.clientBody(buf, start, buf.length);
-          if (end < 0) {
-            f.badBody('malformed chunked body');
-            return;
-          }
+          if (end < 0) return;
           start = end;
         }
         this.deadline = f.bodyDone ? Infinity : this.deadline;

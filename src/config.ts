@@ -71,6 +71,8 @@ export interface Config {
   maxHeadBytes: number;
   maxHeaders: number;
   maxUrlBytes: number;
+  /** --max-body-size; 0 for none. */
+  maxBodyBytes: number;
   maxConnections: number;
   shutdownTimeoutMs: number;
   logLevel: string;
@@ -290,6 +292,7 @@ function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
     maxHeadBytes: v['max-head-size'],
     maxHeaders: v['max-headers'],
     maxUrlBytes: v['max-url-length'],
+    maxBodyBytes: v['max-body-size'],
     maxConnections: v['max-connections'],
     shutdownTimeoutMs: v['shutdown-timeout'],
     logLevel: v['log-level'],

@@ -49,6 +49,8 @@ export interface ProxyContext {
   /** --monitor-uri's bytes: a request-target equal to them is answered by the proxy; null when off. */
   monitorUri: Buffer | null;
   limits: HeadLimits;
+  /** --max-body-size, Infinity for none: one comparison a request. */
+  maxBodyBytes: number;
   deadlines: Deadlines;
   clientHeaderTimeoutMs: number;
   clientIdleTimeoutMs: number;

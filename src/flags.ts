@@ -288,6 +288,10 @@ export const FLAGS = {
     section: 'Clients', default: 8192,
     help: 'most bytes of a request-target; beyond, 414',
   }),
+  'max-body-size': one(int(0, Number.MAX_SAFE_INTEGER, 'BYTES'), {
+    section: 'Clients', default: 0, reload: true,
+    help: 'most bytes of a request body (`0`: no limit), as NGINX\'s `client_max_body_size`: a larger Content-Length is answered 413 before anything is sent to a backend; a chunked body is refused (413) as soon as a chunk size line takes it past the limit, and the request is not completed upstream',
+  }),
   'max-connections': one(int(1, 10_000_000), {
     section: 'Clients', default: 10000,
     help: 'open client connections; beyond, 503 with `Retry-After`',

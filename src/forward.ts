@@ -205,14 +205,24 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
 
   /**
    * Request body bytes buf[s, e). Returns where the body ends within them (e
-   * when it goes on), or -1 when its chunked framing is malformed.
+   * when it goes on), or -1 when it was refused: its chunked framing is
+   * malformed (400), or its chunks outgrow --max-body-size (413).
    */
   clientBody(buf: Buffer, s: number, e: number): number {
     let end: number;
-    if (this.#chunks !== null) {
-      end = this.#chunks.feed(buf, s, e);
-      if (end < 0) return -1;
-      if (this.#chunks.done) this.bodyDone = true;
+    const chunks = this.#chunks;
+    if (chunks !== null) {
+      end = chunks.feed(buf, s, e);
+      if (end < 0) {
+        this.#refuseBody(400, 'malformed chunked body');
+        return -1;
+      }
+      // Refused at the size line that outgrows the limit, before any of that chunk goes upstream.
+      if (chunks.total > this.ctx.maxBodyBytes) {
+        this.#refuseBody(413, 'request body over --max-body-size');
+        return -1;
+      }
+      if (chunks.done) this.bodyDone = true;
     } else {
       end = Math.min(e, s + this.#bodyLeft);
       this.#bodyLeft -= end - s;
@@ -247,15 +257,15 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     if (!this.done) this.client.bodyFlowing(true);
   }
 
-  /** The request body's framing is malformed: nothing more goes upstream. */
-  badBody(why: string): void {
+  /** The request body is refused (malformed, or too large): nothing more goes upstream. */
+  #refuseBody(status: number, why: string): void {
     if (this.done) return;
-    this.ctx.log.info({ status: 400, reason: why, remote: this.client.address }, 'client error');
-    this.ctx.stats.clientErrors[400]++;
+    this.ctx.log.info({ status, reason: why, remote: this.client.address }, 'client error');
+    this.ctx.stats.clientErrors[status]++;
     this.termination = 'client protocol error';
     if (!this.started && this.#held === null) {
       this.#abandon();
-      this.#answer(400, why, true);
+      this.#answer(status, why, true);
     } else {
       this.client.destroy();
     }

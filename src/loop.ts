@@ -58,7 +58,7 @@ export interface LoopSettings {
 /** What a SIGHUP changes in a running loop (src/cli.ts says which flags reload); it crosses to worker threads by structured clone. */
 export type LoopReload = Pick<Config,
   | 'logLevel' | 'sessionCookies' | 'cookiePickLast' | 'retries' | 'adopt' | 'forwarded' | 'rewriteHost' | 'trustedProxies'
-  | 'clientHeaderTimeoutMs' | 'clientIdleTimeoutMs' | 'clientBodyTimeoutMs' | 'tunnelTimeoutMs' | 'tunnelFinTimeoutMs'
+  | 'clientHeaderTimeoutMs' | 'clientIdleTimeoutMs' | 'clientBodyTimeoutMs' | 'tunnelTimeoutMs' | 'tunnelFinTimeoutMs' | 'maxBodyBytes'
   | 'upstreamConnectTimeoutMs' | 'upstreamHeaderTimeoutMs' | 'upstreamBodyTimeoutMs' | 'upstreamIdleTimeoutMs' | 'queueMax' | 'queueTimeoutMs'
 > & {
   /** The certificate and key for new TLS connections; null: unchanged. */
@@ -71,7 +71,7 @@ export function loopReload(c: Config, tlsChanged: boolean): LoopReload {
     logLevel: c.logLevel, sessionCookies: c.sessionCookies, cookiePickLast: c.cookiePickLast, retries: c.retries, adopt: c.adopt,
     forwarded: c.forwarded, rewriteHost: c.rewriteHost, trustedProxies: c.trustedProxies,
     clientHeaderTimeoutMs: c.clientHeaderTimeoutMs, clientIdleTimeoutMs: c.clientIdleTimeoutMs, clientBodyTimeoutMs: c.clientBodyTimeoutMs,
-    tunnelTimeoutMs: c.tunnelTimeoutMs, tunnelFinTimeoutMs: c.tunnelFinTimeoutMs,
+    tunnelTimeoutMs: c.tunnelTimeoutMs, tunnelFinTimeoutMs: c.tunnelFinTimeoutMs, maxBodyBytes: c.maxBodyBytes,
     upstreamConnectTimeoutMs: c.upstreamConnectTimeoutMs, upstreamHeaderTimeoutMs: c.upstreamHeaderTimeoutMs, upstreamBodyTimeoutMs: c.upstreamBodyTimeoutMs,
     upstreamIdleTimeoutMs: c.upstreamIdleTimeoutMs, queueMax: c.queueMax, queueTimeoutMs: c.queueTimeoutMs,
     tls: tlsChanged ? c.tls : null,
@@ -215,6 +215,7 @@ export class Loop {
       trusted: trustList(config.trustedProxies),
       monitorUri: config.monitorUri === null ? null : Buffer.from(config.monitorUri, 'latin1'),
       limits: { maxHeadBytes: config.maxHeadBytes, maxHeaders: config.maxHeaders, maxUrlBytes: config.maxUrlBytes },
+      maxBodyBytes: bodyLimit(config.maxBodyBytes),
       deadlines: this.deadlines,
       clientHeaderTimeoutMs: config.clientHeaderTimeoutMs,
       clientIdleTimeoutMs: config.clientIdleTimeoutMs,
@@ -297,6 +298,7 @@ export class Loop {
     ctx.clientBodyTimeoutMs = r.clientBodyTimeoutMs;
     ctx.tunnelTimeoutMs = r.tunnelTimeoutMs;
     ctx.tunnelFinTimeoutMs = r.tunnelFinTimeoutMs;
+    ctx.maxBodyBytes = bodyLimit(r.maxBodyBytes);
     ctx.upstreamHeaderTimeoutMs = r.upstreamHeaderTimeoutMs;
     ctx.upstreamBodyTimeoutMs = r.upstreamBodyTimeoutMs;
     const u = this.#upstream;
@@ -364,4 +366,9 @@ function listen(server: { listen(o: { port: number; host: string; reusePort: boo
       resolve();
     });
   });
+}
+
+/** --max-body-size as the context keeps it: 0 (none) is Infinity, so that the check is one comparison. */
+function bodyLimit(bytes: number): number {
+  return bytes === 0 ? Infinity : bytes;
 }

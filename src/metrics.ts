@@ -96,8 +96,8 @@ export function loopMetrics(l: LoopStats, backends: readonly Backend[], clients:
   m.add('sticky_near_cache_hits_total', 'Lookups answered by the near cache without the store', 'counter', [{ value: l.nearHits }]);
   m.add('sticky_sessions_replaced_total', 'Bound requests answered with a new session id: affinity lost, or the app rotated the id', 'counter',
     backends.map((b) => ({ value: l.replaced.get(b.name) ?? 0, labels: { backend: b.name } })));
-  m.add('sticky_client_errors_total', 'Requests refused by the proxy, by status (400, 408, 414, 431, 501, 505)', 'counter',
-    [400, 408, 414, 431, 501, 505].map((status) => ({ value: l.clientErrors[status], labels: { status } })));
+  m.add('sticky_client_errors_total', 'Requests refused by the proxy, by status (400, 408, 413, 414, 431, 501, 505)', 'counter',
+    [400, 408, 413, 414, 431, 501, 505].map((status) => ({ value: l.clientErrors[status], labels: { status } })));
   m.add('sticky_client_aborts_total', 'Requests whose client went away before the answer was complete', 'counter', [{ value: l.clientAborts }]);
   m.add('sticky_client_connections', 'Open client connections', 'gauge', [{ value: clients }]);
   m.add('sticky_client_connections_refused_total', 'Connections refused over --max-connections', 'counter', [{ value: l.connectionsRefused }]);

@@ -1,8 +1,8 @@
 // Pools that cannot be exhausted and uploads that cannot stall them: the
 // request-body silence timeout (408, the backend connection freed), the
 // per-backend connection cap with its bounded, timed queue (503 with
-// Retry-After), and idle backend connections closed below the backend's own
-// keep-alive. Real sockets on both sides.
+// Retry-After), idle backend connections closed below the backend's own
+// keep-alive, and --max-body-size (413). Real sockets on both sides.
 import { test, after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
@@ -15,13 +15,17 @@ let origin: Origin;
 /** Requests the origin saw whose connection closed before their body was complete. */
 let aborted = 0;
 let openSockets = 0;
+/** Paths of the requests whose body the origin got whole, and of those it saw begin. */
+const completed: string[] = [];
+const begun: string[] = [];
 
 before(async () => {
   origin = await startOrigin('o', (req, res) => {
+    begun.push(req.url!);
     req.on('aborted', () => { aborted++; });
     req.on('error', () => {});
     req.resume();
-    req.on('end', () => { res.writeHead(200, { 'x-backend': 'o', 'content-length': 2 }); res.end('ok'); });
+    req.on('end', () => { completed.push(req.url!); res.writeHead(200, { 'x-backend': 'o', 'content-length': 2 }); res.end('ok'); });
   });
   origin.server.on('connection', (s: Socket) => {
     openSockets++;
@@ -102,4 +106,53 @@ test('--queue-max 0: a request beyond the connection cap gets 503 at once', { ti
   } finally {
     await proxy.stop();
   }
+});
+
+/** Writes `text` on a fresh connection and returns all it gets back until the proxy closes it (or `until` matches). */
+async function exchange(url: string, text: string, until?: RegExp): Promise<string> {
+  const socket = connect(Number(new URL(url).port), '127.0.0.1');
+  let got = '';
+  socket.on('error', () => {});
+  socket.on('data', (d) => { got += d.toString('latin1'); });
+  socket.write(text);
+  await waitFor(() => socket.destroyed || socket.readableEnded || (until !== undefined && until.test(got)), { what: 'the answer', timeoutMs: 5000 });
+  socket.destroy();
+  return got;
+}
+
+describe('--max-body-size', { timeout: 60_000 }, () => {
+  let proxy: ProxyProcess;
+  before(async () => {
+    proxy = await startProxy(['--backend', `o=${origin.url}`, '--max-body-size', '1000', '--threads', '1', '--no-affinity']);
+  });
+  after(async () => { await proxy.stop(); });
+
+  test('a Content-Length over it gets 413 before anything reaches the backend, without a 100 Continue', async () => {
+    const a = await exchange(proxy.url, 'POST /cl-over HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n');
+    assert.match(a, /^HTTP\/1\.1 413 /);
+    assert.match(a, /\r\nconnection: close\r\n/i);
+    const ok = await exchange(proxy.url, `POST /cl-at HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n${'x'.repeat(1000)}`, /\r\n\r\nok$/);
+    assert.match(ok, /^HTTP\/1\.1 200 /, 'a body of exactly the limit passes');
+    assert.ok(!begun.includes('/cl-over'), 'the refused request never reached the backend');
+  });
+
+  test('a chunked body is refused (413) at the size line that takes it past the limit; the backend never gets it whole', async () => {
+    const chunk = (n: number): string => `${n.toString(16)}\r\n${'y'.repeat(n)}\r\n`;
+    const ok = await exchange(proxy.url, `POST /chunked-at HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunk(600)}${chunk(400)}0\r\n\r\n`, /\r\n\r\nok$/);
+    assert.match(ok, /^HTTP\/1\.1 200 /, 'chunks adding up to the limit pass');
+    // The first chunk goes upstream before the second is sent: the refusal cuts a body in flight.
+    const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+    let a = '';
+    socket.on('error', () => {});
+    socket.on('data', (d) => { a += d.toString('latin1'); });
+    socket.write(`POST /chunked-over HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunk(600)}`);
+    await waitFor(() => begun.includes('/chunked-over'), { what: 'the first chunk at the origin' });
+    const abortedBefore = aborted;
+    socket.write(`${chunk(401)}0\r\n\r\n`);
+    await waitFor(() => socket.readableEnded || socket.destroyed, { what: 'the proxy to close the connection' });
+    assert.match(a, /^HTTP\/1\.1 413 /);
+    await waitFor(() => aborted > abortedBefore, { what: 'the origin to see the body cut off' });
+    assert.ok(!completed.includes('/chunked-over'), 'the backend never got the oversized body whole');
+    assert.ok(completed.includes('/chunked-at'));
+  });
 });

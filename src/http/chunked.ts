@@ -49,6 +49,8 @@ export class ChunkedReader {
   state = SIZE_FIRST;
   /** Data bytes left in the current chunk. */
   remaining = 0;
+  /** Data bytes of the message so far, each chunk's counted once its size line is read. */
+  total = 0;
   /** Bytes of the current size line's extensions, or of the trailers. */
   #extra = 0;
   /** The current trailer name: bytes read, and which refused names (bits 0-2) it may still be. */
@@ -59,13 +61,6 @@ export class ChunkedReader {
 
   get done(): boolean {
     return this.state === DONE;
-  }
-
-  reset(): void {
-    this.state = SIZE_FIRST;
-    this.remaining = 0;
-    this.#extra = 0;
-    this.error = '';
   }
 
   /**
@@ -149,6 +144,7 @@ export class ChunkedReader {
             this.#extra = 0;
             s = TRAILER_START;
           } else {
+            this.total += this.remaining;
             s = DATA;
           }
           break;
