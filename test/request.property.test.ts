@@ -40,8 +40,7 @@ import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
 import { DEFAULT_SESSION_COOKIES } from '../src/config.ts';
-import { selfSigned } from './helpers/tls.ts';
-import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, ProxyUnderTest, RawOrigin, requestValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
+import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, type Setup, startSetup, stopSetup, requestValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): the other read and write paths. */
@@ -584,30 +583,17 @@ async function checkClosed(c: Conn, b: Built): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-/** An origin and the proxy in front of it, plain or TLS on both sides. */
-interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boolean }
 let plain: Setup;
 let secure: Setup;
 
 before(async () => {
-  let origin = await RawOrigin.start(serve);
-  plain = { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]), secure: false };
-  const cert = selfSigned('request-property');
-  origin = await RawOrigin.start(serve, {}, cert);
-  secure = {
-    origin,
-    proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=https://127.0.0.1:${origin.port}`, '--backend-ca', cert.certFile,
-      '--tls-cert', cert.certFile, '--tls-key', cert.keyFile]),
-    secure: true,
-  };
+  plain = await startSetup(serve, {}, false);
+  secure = await startSetup(serve, {}, true);
 });
 
 after(async () => {
   for (const s of Conn.open) s.destroy();
-  for (const x of [plain, secure]) {
-    await x?.proxy.stop();
-    await x?.origin.close();
-  }
+  for (const x of [plain, secure]) await stopSetup(x);
 });
 
 async function property(setup: Setup, numRuns: number): Promise<void> {

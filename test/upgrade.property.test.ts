@@ -61,8 +61,7 @@ import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import fc from 'fast-check';
-import { selfSigned } from './helpers/tls.ts';
-import { bytesDiff, cutsOf, encodeChunked, gap, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, ProxyUnderTest, RawOrigin, readHeads, requestValueArb, responseValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
+import { bytesDiff, cutsOf, encodeChunked, gap, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, type Setup, startSetup, stopSetup, readHeads, requestValueArb, responseValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): WebSockets over wss://. */
@@ -758,30 +757,17 @@ async function runSwitch(c: Peer, b: Built, a: Switch): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-/** An origin and the proxy in front of it, plain or TLS on both sides. */
-interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boolean }
 let plain: Setup;
 let secure: Setup;
 
 before(async () => {
-  let origin = await RawOrigin.start(serve, { allowHalfOpen: true });
-  plain = { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]), secure: false };
-  const cert = selfSigned('upgrade-property');
-  origin = await RawOrigin.start(serve, { allowHalfOpen: true }, cert);
-  secure = {
-    origin,
-    proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=https://127.0.0.1:${origin.port}`, '--backend-ca', cert.certFile,
-      '--tls-cert', cert.certFile, '--tls-key', cert.keyFile]),
-    secure: true,
-  };
+  plain = await startSetup(serve, { allowHalfOpen: true }, false);
+  secure = await startSetup(serve, { allowHalfOpen: true }, true);
 });
 
 after(async () => {
   for (const s of sockets) s.destroy();
-  for (const x of [plain, secure]) {
-    await x?.proxy.stop();
-    await x?.origin.close();
-  }
+  for (const x of [plain, secure]) await stopSetup(x);
 });
 
 async function property(setup: Setup, numRuns: number): Promise<void> {

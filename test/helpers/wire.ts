@@ -11,6 +11,7 @@ import { connect, createServer, type AddressInfo, type Server, type ServerOpts, 
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls';
 import fc from 'fast-check';
 import { startProxy, type ProxyProcess } from './proxy.ts';
+import { selfSigned } from './tls.ts';
 
 export const latin1 = (s: string): Buffer => Buffer.from(s, 'latin1');
 
@@ -372,4 +373,29 @@ export class ProxyUnderTest {
   async stop(): Promise<void> {
     await this.#proc?.stop();
   }
+}
+
+/** An origin and the proxy in front of it, plain or TLS on both sides. */
+export interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boolean }
+
+/**
+ * Starts an origin serving with `serve` and a one-loop proxy in front of it;
+ * `secure`: TLS on both sides, a client to --tls-cert and the proxy to an
+ * https:// origin (the reads TLS delivers as 'data' events, not through onread).
+ */
+export async function startSetup(serve: (sock: Socket) => void, options: ServerOpts, secure: boolean): Promise<Setup> {
+  if (!secure) {
+    const origin = await RawOrigin.start(serve, options);
+    return { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]), secure };
+  }
+  const cert = selfSigned('property-test');
+  const origin = await RawOrigin.start(serve, options, cert);
+  const proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=https://127.0.0.1:${origin.port}`, '--backend-ca', cert.certFile,
+    '--tls-cert', cert.certFile, '--tls-key', cert.keyFile]);
+  return { origin, proxy, secure };
+}
+
+export async function stopSetup(x: Setup | undefined): Promise<void> {
+  await x?.proxy.stop();
+  await x?.origin.close();
 }
