@@ -523,6 +523,16 @@ class Peer {
     if ((this.sock as TLSSocket).encrypted === true) setImmediate(() => this.sock.end());
     else this.sock.end();
   }
+
+  /**
+   * The cut, after what was written is sent: a plain socket's writes are in
+   * the kernel already, a TLS socket's are encrypted and handed on
+   * asynchronously, and destroyed at once it would lose them.
+   */
+  destroy(): void {
+    if ((this.sock as TLSSocket).encrypted === true && this.sock.writable) this.sock.write(Buffer.alloc(0), () => this.sock.destroy());
+    else this.sock.destroy();
+  }
 }
 
 /** Fails when what `p` got differs from the start of `want`, or runs past it; a head that differs says which lines. */
@@ -716,7 +726,7 @@ async function runSwitch(c: Peer, b: Built, a: Switch): Promise<void> {
     if (a.closer === 'client') await originSide();
     const x = await peer(a.closer);
     if (a.how === 'end') x.end();
-    else x.sock.destroy();
+    else x.destroy();
   };
   const done = { client: 0, origin: 0 };
   if (inLoop && closeAfter === 0) await closeNow();
@@ -745,7 +755,7 @@ async function runSwitch(c: Peer, b: Built, a: Switch): Promise<void> {
   if (a.how === 'destroy-after') {
     await receive(origin, originWant, originWant.length, Date.now() + WAIT_MS, `${at}: the client's stream`);
     await receive(c, clientWant, clientWant.length, Date.now() + WAIT_MS, `${at}: the origin's stream`, headLength);
-    X.sock.destroy();
+    X.destroy();
     await closedAt(Y, Date.now() + WAIT_MS, `${at}: after the ${a.closer} destroyed its socket`);
     return;
   }
