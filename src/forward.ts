@@ -337,7 +337,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     const more = start < buf.length;
     this.#room = !more ? -1 : base === 0 ? start : 0;
     this.#roomBuf = chunk;
-    this.#responseHead();
+    this.#responseHead(more);
     // Body bytes that came with the head are views of the received chunk, not
     // copies: a head split across reads ends in this one, so they all lie in it.
     if (more && !this.done) this.#responseBody(chunk, start - base, chunk.length);
@@ -356,7 +356,8 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     return (this.#held === null || !this.#heldViews) && this.client.flushed;
   }
 
-  #responseHead(): void {
+  /** `more`: bytes came after the head in the same read (the body's, or past a bodiless answer). */
+  #responseHead(more: boolean): void {
     const b = this.backend!;
     const up = this.upstream!;
     const ctx = this.ctx;
@@ -407,8 +408,13 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       }
       this.#out(out);
     }
-    if (this.#res === RES_DONE) this.#complete();
-    else up.waitFor(ctx.upstreamBodyTimeoutMs);
+    if (this.#res === RES_DONE) {
+      // Bytes past a bodiless answer: the connection is out of step with its requests.
+      if (more) this.#reusable = false;
+      this.#complete();
+    } else {
+      up.waitFor(ctx.upstreamBodyTimeoutMs);
+    }
   }
 
   /** The backend accepted a session id it was sent without a binding: bind it there. */

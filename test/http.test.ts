@@ -296,6 +296,44 @@ test('an HTTP/1.0 client gets a chunked answer without chunked framing, delimite
   assert.equal(answer.slice(answer.indexOf('\r\n\r\n') + 4), 'chunk one,chunk two');
 });
 
+test('bytes after a bodiless answer, in the same write: the client gets the answer, and that backend connection is never used again', async () => {
+  // Each request is answered with the connection's number in X-Conn; /junk also with a second answer behind a bodiless one.
+  let conns = 0;
+  const raw = createServer((s) => {
+    const n = ++conns;
+    let pending = '';
+    s.on('data', (d) => {
+      pending += d.toString('latin1');
+      let end: number;
+      while ((end = pending.indexOf('\r\n\r\n')) >= 0) {
+        const junk = pending.startsWith('GET /junk') || pending.startsWith('HEAD /junk');
+        const status = pending.startsWith('GET /junk-204') ? '204 No Content' : '200 OK';
+        pending = pending.slice(end + 4);
+        const bodiless = status.startsWith('204') ? '' : 'Content-Length: 0\r\n';
+        s.write(`HTTP/1.1 ${status}\r\nX-Conn: ${n}\r\n${bodiless}\r\n${junk ? 'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil' : ''}`);
+      }
+    });
+  });
+  raw.listen(0, '127.0.0.1');
+  await once(raw, 'listening');
+  const p = await startProxy(['--backend', `raw=http://127.0.0.1:${(raw.address() as { port: number }).port}`, '--threads', '1', '--no-affinity']);
+  const client = new Client(p.url, { pipelining: 0 });
+  try {
+    for (const [method, path] of [['GET', '/junk'], ['GET', '/junk-204'], ['HEAD', '/junk']] as const) {
+      const r = await client.request({ method, path });
+      assert.equal(await r.body.text(), '', `${method} ${path}: the bodiless answer, without what followed it`);
+      const junkConn = r.headers['x-conn'];
+      const next = await client.request({ method: 'GET', path: '/next' });
+      await next.body.text();
+      assert.notEqual(next.headers['x-conn'], junkConn, `${method} ${path}: the next request went on another backend connection`);
+    }
+  } finally {
+    await client.close();
+    await p.stop();
+    raw.close();
+  }
+});
+
 test('kept-alive backend connections are reused, never after Connection: close', async () => {
   const client = new Client(proxy.url, { pipelining: 0 });
   try {
