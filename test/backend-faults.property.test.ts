@@ -24,7 +24,7 @@ const NUM_RUNS = 250;
 const TIMEOUT_MS = 300;
 /** The most one exchange may take: the timeout, the deadlines' tick and a loaded machine's margin. */
 const ANSWER_MS = 4000;
-const BACKEND_STATUSES = [200, 201, 404, 500] as const;
+const BACKEND_STATUSES = [200, 201, 204, 304, 404, 500] as const;
 
 // ------------------------------------------------------------------ the case
 
@@ -42,6 +42,8 @@ type Fault =
   | { kind: 'bad-chunk'; at: number; which: number; end: End };
 
 interface Case {
+  /** HEAD, 204 and 304 answers have no body, whatever their framing lines say. */
+  method: 'GET' | 'HEAD';
   status: (typeof BACKEND_STATUSES)[number];
   chunked: boolean;
   body: { length: number; seed: number };
@@ -68,6 +70,7 @@ const BAD_CHUNKS = ['zz\r\n', '5\r\nhelloXY', 'ffffffffffffffffff\r\n', '5;\r\nh
 
 const endArb = fc.constantFrom<End>('fin', 'reset', 'silence');
 const caseArb: fc.Arbitrary<Case> = fc.record({
+  method: fc.constantFrom<'GET' | 'HEAD'>('GET', 'GET', 'GET', 'HEAD'),
   status: fc.constantFrom(...BACKEND_STATUSES),
   chunked: fc.boolean(),
   body: fc.record({ length: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 40_000 })), seed: fc.integer({ min: 1, max: 0x7fffffff }) }),
@@ -90,6 +93,8 @@ interface Built {
   meant: { status: number; body: Buffer } | null;
   /** Whether what the backend writes includes that whole answer (then the client must get it). */
   whole: boolean;
+  /** Where the backend's first write ends (bytes of `wire`). */
+  splitAt: number;
 }
 
 const SPECIAL = [latin1('\r\n'), latin1('0\r\n\r\n'), latin1('HTTP/1.1 ')];
@@ -100,11 +105,15 @@ function build(c: Case): Built {
   const id = nextId++;
   const body = seededBytes(c.body.length, c.body.seed, SPECIAL);
   const framed = (b: Buffer): Buffer => (c.chunked ? encodeChunked(b, { cuts: [333, 667] }) : b);
-  const head = `HTTP/1.1 ${c.status} X\r\nX-Case: ${id}\r\n${c.chunked ? 'Transfer-Encoding: chunked' : `Content-Length: ${body.length}`}\r\n\r\n`;
-  const answer = Buffer.concat([latin1(head), framed(body)]);
+  const bodiless = c.method === 'HEAD' || c.status === 204 || c.status === 304;
+  // A 204 has no framing line (RFC 9110 section 8.6); a 304 or an answer to HEAD says what a GET's would be.
+  const framing = c.status === 204 ? '' : c.chunked ? 'Transfer-Encoding: chunked\r\n' : `Content-Length: ${body.length}\r\n`;
+  const head = `HTTP/1.1 ${c.status} X\r\nX-Case: ${id}\r\n${framing}\r\n`;
+  const answer = bodiless ? latin1(head) : Buffer.concat([latin1(head), framed(body)]);
   const f = c.fault;
   let wire: Buffer;
-  let meant: Built['meant'] = { status: c.status, body };
+  const answerEnd = answer.length;
+  let meant: Built['meant'] = { status: c.status, body: bodiless ? Buffer.alloc(0) : body };
   let whole = false;
   if (f.kind === 'cut') {
     wire = answer.subarray(0, Math.floor((f.at * answer.length) / 1000));
@@ -116,6 +125,10 @@ function build(c: Case): Built {
   } else if (f.kind === 'bad-head') {
     wire = latin1(BAD_HEADS[f.which]);
     meant = null;
+  } else if (bodiless) {
+    // Chunks after a bodiless answer are bytes past it: the answer is whole.
+    wire = Buffer.concat([answer, encodeChunked(body, { cuts: [500] }).subarray(0, 8), latin1(BAD_CHUNKS[f.which])]);
+    whole = f.end !== 'reset';
   } else {
     // The body's chunks up to `at`, then a broken size line or chunk.
     const sent = c.chunked ? body.subarray(0, Math.floor((f.at * body.length) / 1000)) : Buffer.alloc(0);
@@ -126,7 +139,13 @@ function build(c: Case): Built {
     // The good part's last-chunk (0\r\n\r\n) is dropped: the broken chunk comes instead.
     wire = Buffer.concat([latin1(chunkedHead), good.subarray(0, good.length - 5), latin1(BAD_CHUNKS[f.which])]);
   }
-  const b: Built = { id, c, body, wire, meant, whole };
+  let splitAt = Math.floor((c.split * wire.length) / 1000);
+  // Bytes after a whole answer go in the same write as its last byte. Sent
+  // later, no proxy can tell them from the answer to the next request on a
+  // reused connection (sent before they arrive): a race of the backend's
+  // making. An idle connection that receives them is closed.
+  if (whole) splitAt = Math.min(splitAt, answerEnd - 1);
+  const b: Built = { id, c, body, wire, meant, whole, splitAt };
   cases.set(id, b);
   return b;
 }
@@ -144,7 +163,7 @@ function serve(sock: Socket): void {
       if (end < 0) return;
       const line = pending.toString('latin1', 0, pending.indexOf('\r\n'));
       pending = pending.subarray(end + 4);
-      const m = /^GET \/case\/(\d+) /.exec(line);
+      const m = /^(?:GET|HEAD) \/case\/(\d+) /.exec(line);
       const b = m === null ? undefined : cases.get(Number(m[1]));
       if (b === undefined) {
         sock.write(PROBE_ANSWER);
@@ -153,7 +172,7 @@ function serve(sock: Socket): void {
       // The scripted bytes in two writes, then the scripted end; nothing more is read on this connection.
       sock.removeAllListeners('data');
       sock.on('data', () => {});
-      const at = Math.floor((b.c.split * b.wire.length) / 1000);
+      const at = b.splitAt;
       sock.write(b.wire.subarray(0, at));
       setImmediate(() => {
         if (sock.destroyed) return;
@@ -178,19 +197,20 @@ interface Got {
   closed: boolean;
 }
 
-/** Reads one answer off `c` until it is complete by its framing, or the connection closes. */
-async function readAnswer(c: Conn, deadline: number, what: string): Promise<Got | null> {
+/** Reads one answer off `c` until it is complete by its framing, or the connection closes; `head`: the request was a HEAD. */
+async function readAnswer(c: Conn, deadline: number, what: string, head = false): Promise<Got | null> {
   while (c.buf.indexOf('\r\n\r\n') < 0) {
     if (c.ended) return null;
     await c.more(deadline, what).catch((err: Error) => { if (!c.ended) throw err; });
   }
   const end = c.buf.indexOf('\r\n\r\n');
-  const head = c.buf.toString('latin1', 0, end);
-  const status = Number(/^HTTP\/1\.1 (\d{3}) /.exec(head)?.[1] ?? 0);
+  const text = c.buf.toString('latin1', 0, end);
+  const status = Number(/^HTTP\/1\.1 (\d{3}) /.exec(text)?.[1] ?? 0);
   assert.ok(status > 0, `${what}: a status line the client can read: ${preview(c.buf)}`);
-  const cl = /\r\ncontent-length: *(\d+)/i.exec(head);
-  const chunked = /\r\ntransfer-encoding: *chunked/i.test(head);
+  const cl = /\r\ncontent-length: *(\d+)/i.exec(text);
+  const chunked = /\r\ntransfer-encoding: *chunked/i.test(text);
   c.take(end + 4);
+  if (head || status === 204 || status === 304) return { status, complete: true, body: Buffer.alloc(0), closed: c.ended };
   let body: Buffer = Buffer.alloc(0);
   if (cl !== null) {
     const n = Number(cl[1]);
@@ -198,7 +218,7 @@ async function readAnswer(c: Conn, deadline: number, what: string): Promise<Got 
     body = c.take(Math.min(n, c.buf.length));
     return { status, complete: body.length === n, body, closed: c.ended };
   }
-  assert.ok(chunked, `${what}: the proxy framed its answer (${head.split('\r\n').join(' | ')})`);
+  assert.ok(chunked, `${what}: the proxy framed its answer (${text.split('\r\n').join(' | ')})`);
   const parts: Buffer[] = [];
   for (;;) {
     let eol: number;
@@ -249,12 +269,12 @@ test('misbehaving backends: the proxy stays up, and a client gets the whole answ
   await fc.assert(fc.asyncProperty(caseArb, async (c) => {
     await proxy.ready();
     const b = build(c);
-    const at = `case ${b.id} (${c.fault.kind}, ${c.fault.end})`;
+    const at = `case ${b.id} (${c.method} ${c.status}, ${c.fault.kind}, ${c.fault.end})`;
     const conn = new Conn(proxy.port);
     try {
-      conn.sock.write(`GET /case/${b.id} HTTP/1.1\r\nHost: x\r\n\r\n`);
+      conn.sock.write(`${c.method} /case/${b.id} HTTP/1.1\r\nHost: x\r\n\r\n`);
       const deadline = Date.now() + ANSWER_MS;
-      const got = await readAnswer(conn, deadline, `${at}: the answer`);
+      const got = await readAnswer(conn, deadline, `${at}: the answer`, c.method === 'HEAD');
       if (got === null) {
         // Closed without a head: only allowed for an answer the client could not have had whole.
         assert.ok(!b.whole, `${at}: the connection closed without the backend's whole answer`);
