@@ -17,9 +17,12 @@ import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
-import { Conn, encodeChunked, latin1, preview, ProxyUnderTest, RawOrigin, seededBytes } from './helpers/wire.ts';
+import type { TLSSocket } from 'node:tls';
+import { Conn, encodeChunked, latin1, preview, seededBytes, type Setup, startSetup, stopSetup } from './helpers/wire.ts';
 
 const NUM_RUNS = 250;
+/** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin). */
+const TLS_RUNS = 100;
 /** The proxy's upstream timeouts in this test: a silent backend is given up on after this long. */
 const TIMEOUT_MS = 300;
 /** The most one exchange may take: the timeout, the deadlines' tick and a loaded machine's margin. */
@@ -179,7 +182,8 @@ function serve(sock: Socket): void {
         sock.write(b.wire.subarray(at));
         const e = b.c.fault.end;
         if (e === 'fin') sock.end();
-        else if (e === 'reset') sock.write(Buffer.alloc(0), () => sock.resetAndDestroy());
+        // A TLS socket has no reset of its own: it is cut without its close_notify, once its writes are out.
+        else if (e === 'reset') sock.write(Buffer.alloc(0), () => ((sock as TLSSocket).encrypted === true ? sock.destroy() : sock.resetAndDestroy()));
         // 'silence': the proxy's timeout ends it.
       });
       return;
@@ -250,27 +254,27 @@ async function waitClosed(c: Conn, deadline: number, what: string): Promise<void
 
 // ---------------------------------------------------------------------- test
 
-let origin: RawOrigin;
-let proxy: ProxyUnderTest;
+let plain: Setup;
+let secure: Setup;
 
 before(async () => {
-  origin = await RawOrigin.start(serve);
-  proxy = await ProxyUnderTest.start(['--threads', '1', '--no-affinity', '--backend', `o=http://127.0.0.1:${origin.port}`, '--eject-after', '0',
-    '--upstream-header-timeout', String(TIMEOUT_MS), '--upstream-body-timeout', String(TIMEOUT_MS)]);
+  const flags = ['--no-affinity', '--eject-after', '0', '--upstream-header-timeout', String(TIMEOUT_MS), '--upstream-body-timeout', String(TIMEOUT_MS)];
+  plain = await startSetup(serve, {}, false, flags);
+  secure = await startSetup(serve, {}, true, flags);
 });
 
 after(async () => {
   for (const s of Conn.open) s.destroy();
-  await proxy?.stop();
-  await origin?.close();
+  for (const x of [plain, secure]) await stopSetup(x);
 });
 
-test('misbehaving backends: the proxy stays up, and a client gets the whole answer, the proxy\'s 502 or 504, or a cut it can tell', { timeout: 110_000 }, async () => {
+async function property(setup: Setup, numRuns: number): Promise<void> {
+  const proxy = setup.proxy;
   await fc.assert(fc.asyncProperty(caseArb, async (c) => {
     await proxy.ready();
     const b = build(c);
     const at = `case ${b.id} (${c.method} ${c.status}, ${c.fault.kind}, ${c.fault.end})`;
-    const conn = new Conn(proxy.port);
+    const conn = new Conn(proxy.port, setup.secure);
     try {
       conn.sock.write(`${c.method} /case/${b.id} HTTP/1.1\r\nHost: x\r\n\r\n`);
       const deadline = Date.now() + ANSWER_MS;
@@ -293,7 +297,7 @@ test('misbehaving backends: the proxy stays up, and a client gets the whole answ
         if (b.whole) assert.ok(got.complete, `${at}: the backend's whole answer reached the client whole`);
       }
       // The proxy is up and serves the next request.
-      const probe = new Conn(proxy.port);
+      const probe = new Conn(proxy.port, setup.secure);
       try {
         probe.sock.write('GET /probe HTTP/1.1\r\nHost: x\r\n\r\n');
         const p = await readAnswer(probe, Date.now() + ANSWER_MS, `${at}: the probe after it`);
@@ -307,6 +311,14 @@ test('misbehaving backends: the proxy stays up, and a client gets the whole answ
       conn.sock.destroy();
       cases.delete(b.id);
     }
-  }), { numRuns: NUM_RUNS, interruptAfterTimeLimit: 90_000, markInterruptAsFailure: true });
+  }), { numRuns, interruptAfterTimeLimit: 90_000, markInterruptAsFailure: true });
   assert.deepEqual(proxy.crashes, [], 'the proxy exited');
+}
+
+test('misbehaving backends: the proxy stays up, and a client gets the whole answer, the proxy\'s 502 or 504, or a cut it can tell', { timeout: 110_000 }, async () => {
+  await property(plain, NUM_RUNS);
+});
+
+test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
+  await property(secure, TLS_RUNS);
 });

@@ -383,15 +383,15 @@ export interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boole
  * `secure`: TLS on both sides, a client to --tls-cert and the proxy to an
  * https:// origin (the reads TLS delivers as 'data' events, not through onread).
  */
-export async function startSetup(serve: (sock: Socket) => void, options: ServerOpts, secure: boolean): Promise<Setup> {
+export async function startSetup(serve: (sock: Socket) => void, options: ServerOpts, secure: boolean, flags: string[] = []): Promise<Setup> {
   if (!secure) {
     const origin = await RawOrigin.start(serve, options);
-    return { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`]), secure };
+    return { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`, ...flags]), secure };
   }
   const cert = selfSigned('property-test');
   const origin = await RawOrigin.start(serve, options, cert);
   const proxy = await ProxyUnderTest.start(['--threads', '1', '--backend', `o=https://127.0.0.1:${origin.port}`, '--backend-ca', cert.certFile,
-    '--tls-cert', cert.certFile, '--tls-key', cert.keyFile]);
+    '--tls-cert', cert.certFile, '--tls-key', cert.keyFile, ...flags]);
   return { origin, proxy, secure };
 }
 
