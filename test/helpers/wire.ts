@@ -399,3 +399,21 @@ export async function stopSetup(x: Setup | undefined): Promise<void> {
   await x?.proxy.stop();
   await x?.origin.close();
 }
+
+/**
+ * Checks `run` over `arb` against `proxy` for `numRuns` cases: a case that
+ * took the proxy down says so, and a crash fails the test even when the
+ * cases passed. A failure that shows as a timeout costs a deadline per
+ * shrinking step: shrinking stops in time to report it.
+ */
+export async function checkProperty<T>(proxy: ProxyUnderTest, arb: fc.Arbitrary<T>, numRuns: number, run: (v: T) => Promise<void>): Promise<void> {
+  await fc.assert(fc.asyncProperty(arb, async (v) => {
+    await proxy.ready();
+    try {
+      await run(v);
+    } catch (err) {
+      throw await proxy.explain(err);
+    }
+  }), { numRuns, interruptAfterTimeLimit: 90_000, markInterruptAsFailure: true });
+  assert.deepEqual(proxy.crashes, [], 'the proxy exited');
+}
