@@ -60,7 +60,7 @@ const many = <T>(fn: () => Promise<T>): Promise<T[]> => Promise.all(Array.from({
 
 const backendOf = (answer: string): string => /x-backend: (\w+)/i.exec(answer)?.[1] ?? `none in ${JSON.stringify(answer)}`;
 
-test('SIGHUP changes the log level, a timeout, the session cookie and the certificate in every loop, and says so', { timeout: 90_000 }, async () => {
+test('SIGHUP changes the log level, a timeout, a limit, the session cookie and the certificate in every loop, and says so', { timeout: 90_000 }, async () => {
   const [a, b]: Origin[] = [await startOrigin('a'), await startOrigin('b')];
   after(() => Promise.all([a.close(), b.close()]));
   certificate('reload-one', f('cert.pem'), f('key.pem'));
@@ -85,13 +85,15 @@ test('SIGHUP changes the log level, a timeout, the session cookie and the certif
     await exchange(port, close('x-set-cookie: ["second_sid=early"]\r\n'));
     const unknown = new Set((await many(() => exchange(port, close('Cookie: second_sid=early\r\n')))).map((e) => backendOf(e.answer)));
     assert.deepEqual(unknown, new Set(['a', 'b']), 'second_sid is not a session cookie yet: round robin');
+    const upload = 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world';
+    for (const e of await many(() => exchange(port, upload))) assert.match(e.answer, /^HTTP\/1\.1 200 /, 'no body limit yet');
 
     // The reload: a renewed certificate at the same paths, and new values.
     certificate('reload-two', f('cert.pem'), f('key.pem'));
-    writeFileSync(file, JSON.stringify({ ...settings, 'session-cookie': ['second_sid'], 'log-level': 'info', 'client-idle-timeout': 300, 'key-prefix': 'two:' }));
+    writeFileSync(file, JSON.stringify({ ...settings, 'session-cookie': ['second_sid'], 'log-level': 'info', 'client-idle-timeout': 300, 'max-body-size': 10, 'key-prefix': 'two:' }));
     process.kill(p.pid, 'SIGHUP');
     const applied = JSON.parse(await waitForLine(p.output, (l) => l.includes('"msg":"SIGHUP: applied"'), { what: 'the applied line' })) as { flags: string[] };
-    assert.deepEqual(applied.flags.sort(), ['--client-idle-timeout', '--log-level', '--session-cookie', '--tls-cert', '--tls-key']);
+    assert.deepEqual(applied.flags.sort(), ['--client-idle-timeout', '--log-level', '--max-body-size', '--session-cookie', '--tls-cert', '--tls-key']);
     const restart = JSON.parse(await waitForLine(p.output, (l) => l.includes('need a restart'), { what: 'the needs-a-restart line' })) as { flags: string[]; msg: string };
     assert.deepEqual(restart.flags, ['--key-prefix']);
     assert.equal(restart.msg, 'SIGHUP: changed, but these need a restart; not applied');
@@ -106,6 +108,9 @@ test('SIGHUP changes the log level, a timeout, the session cookie and the certif
     await waitFor(() => errors().length >= CONNECTIONS, { what: `${CONNECTIONS} client error lines at info` });
     assert.equal(errors().length, CONNECTIONS, 'none logged before the reload, at warn');
     assert.deepEqual(new Set(errors().map((l) => (JSON.parse(l) as { loop: number }).loop)), new Set([0, 1]));
+
+    // The body limit: an 11-byte upload is refused now, whichever loop takes it.
+    for (const e of await many(() => exchange(port, upload))) assert.match(e.answer, /^HTTP\/1\.1 413 /, 'over --max-body-size 10');
 
     // The idle timeout: kept-alive connections are closed some 300 ms after their answer, not 60 s.
     const idle = await many(() => exchange(port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', 20_000));
