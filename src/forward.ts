@@ -711,8 +711,16 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     // The tunnel keeps the backend's active count until it closes.
     this.#released = true;
     this.backend!.stats.statuses[101]++;
+    // Its access line is written when the tunnel closes, with the tunnel's bytes and time (tunnelEnded).
+    new Tunnel(this, this.client, up, this.backend!, this.boundKey, out, rest);
+  }
+
+  /** The tunnel this request became has closed: its access line, with what went through it. */
+  tunnelEnded(bytesIn: number, bytesOut: number, term: string): void {
+    this.bytesIn += bytesIn;
+    this.bytesOut += bytesOut;
+    this.termination = term;
     this.#log();
-    new Tunnel(this.client, up, this.backend!, this.boundKey, out, rest);
   }
 
   /** The client went away before the answer was complete. */

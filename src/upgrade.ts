@@ -12,9 +12,12 @@ import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Backend } from './backends.ts';
 import type { ClientConnection } from './client.ts';
+import type { Forward } from './forward.ts';
 import type { ConnectionUser, UpstreamConnection } from './upstream.ts';
 
 export class Tunnel implements ConnectionUser {
+  /** The upgrade request, whose access line waits for the tunnel's end. */
+  readonly #request: Forward;
   readonly client: ClientConnection;
   readonly up: UpstreamConnection;
   readonly backend: Backend;
@@ -23,9 +26,13 @@ export class Tunnel implements ConnectionUser {
   /** Each side's FIN has reached the other: once both have, each socket closes by itself when its writes are out. */
   #upEnded = false;
   #clientEnded = false;
+  /** Bytes through the tunnel: from the client, and to it (the 101 included). */
+  #in = 0;
+  #out = 0;
 
   /** `head` is the 101 for the client; `rest`, bytes the backend sent after it. */
-  constructor(client: ClientConnection, up: UpstreamConnection, backend: Backend, boundKey: string, head: Buffer, rest: Buffer | null) {
+  constructor(request: Forward, client: ClientConnection, up: UpstreamConnection, backend: Backend, boundKey: string, head: Buffer, rest: Buffer | null) {
+    this.#request = request;
     this.client = client;
     this.up = up;
     this.backend = backend;
@@ -37,7 +44,11 @@ export class Tunnel implements ConnectionUser {
     up.socket.allowHalfOpen = true;
     client.cork();
     client.write(head);
-    if (rest !== null) client.write(rest);
+    this.#out = head.length;
+    if (rest !== null) {
+      client.write(rest);
+      this.#out += rest.length;
+    }
     client.uncork();
     if (boundKey !== '') {
       const ctx = client.ctx;
@@ -52,6 +63,7 @@ export class Tunnel implements ConnectionUser {
   /** True when the backend's socket keeps `chunk` queued (not written whole). */
   fromClient(chunk: Buffer): boolean {
     this.#quiet();
+    this.#in += chunk.length;
     this.backend.stats.bytesIn += chunk.length;
     const s = this.up.socket;
     if (!s.write(chunk)) this.client.bodyFlowing(false);
@@ -60,6 +72,7 @@ export class Tunnel implements ConnectionUser {
 
   upstreamData(chunk: Buffer): boolean {
     this.#quiet();
+    this.#out += chunk.length;
     this.backend.stats.bytesOut += chunk.length;
     if (this.client.write(chunk)) return this.client.flushed;
     this.up.socket.pause();
@@ -89,12 +102,12 @@ export class Tunnel implements ConnectionUser {
 
   /** A side closed: the other is cut, unless both ended cleanly (then it still delivers what it holds, and closes). */
   upstreamClosed(): void {
-    this.#closed();
+    this.#closed(this.#upEnded && this.#clientEnded ? 'ok' : 'upstream closed');
     if (!this.#upEnded || !this.#clientEnded) this.client.destroy();
   }
 
   clientClosed(): void {
-    this.#closed();
+    this.#closed(this.#upEnded && this.#clientEnded ? 'ok' : 'client closed');
     if (!this.#upEnded || !this.#clientEnded) this.up.destroy();
   }
 
@@ -104,7 +117,7 @@ export class Tunnel implements ConnectionUser {
     ctx.stats.tunnelTimeouts++;
     const halfClosed = this.#upEnded || this.#clientEnded;
     ctx.log.info({ backend: this.backend.name, ms: halfClosed ? this.#limit() : ctx.tunnelTimeoutMs, halfClosed }, 'tunnel timed out');
-    this.#closed();
+    this.#closed('tunnel timeout');
     this.up.destroy();
     this.client.destroy();
   }
@@ -119,12 +132,14 @@ export class Tunnel implements ConnectionUser {
     return this.#upEnded || this.#clientEnded ? Math.min(ctx.tunnelTimeoutMs, ctx.tunnelFinTimeoutMs) : ctx.tunnelTimeoutMs;
   }
 
-  #closed(): void {
+  /** Once, by whichever end comes first: `term` says which (the access log's). */
+  #closed(term: string): void {
     if (this.#gone) return;
     this.#gone = true;
     this.client.ctx.stats.tunnels--;
     clearInterval(this.#refresh);
     this.backend.end();
+    this.#request.tunnelEnded(this.#in, this.#out, term);
   }
 }
 

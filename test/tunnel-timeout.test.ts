@@ -2,7 +2,8 @@
 // carries bytes either way stays open past --tunnel-timeout; one silent for
 // that long is closed on both sides; once either side has half-closed, the
 // shorter --tunnel-fin-timeout applies (HAProxy's `timeout tunnel` and
-// `timeout client-fin`).
+// `timeout client-fin`). A tunnel's access line is written when it closes,
+// with its bytes both ways, its whole time and how it ended.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -41,7 +42,7 @@ before(async () => {
     };
     sock.on('data', onData);
   }, { allowHalfOpen: true }); // a client's FIN leaves the backend's side open, as a server that still has things to say
-  proxy = await startProxy(['--backend', `o=http://127.0.0.1:${origin.port}`, '--threads', '1', '--no-affinity', '--admin', '127.0.0.1:0',
+  proxy = await startProxy(['--backend', `o=http://127.0.0.1:${origin.port}`, '--threads', '1', '--no-affinity', '--admin', '127.0.0.1:0', '--access-log',
     '--tunnel-timeout', String(TUNNEL_MS), '--tunnel-fin-timeout', String(FIN_MS)]);
   port = Number(new URL(proxy.url).port);
 }, T);
@@ -52,15 +53,23 @@ after(async () => {
 }, T);
 
 /** An upgraded connection through the proxy: the client's Conn and the origin's side. */
-async function open(): Promise<{ c: Conn; up: (typeof tunnels)[number] }> {
+async function open(path: string): Promise<{ c: Conn; up: (typeof tunnels)[number]; headLength: number }> {
   const n = tunnels.length;
   const c = new Conn(port);
-  c.sock.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
-  await c.line(Date.now() + 5000, 'the 101');
+  c.sock.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
   while (c.buf.indexOf('\r\n\r\n') < 0) await c.more(Date.now() + 5000, 'the 101 head');
-  c.take(c.buf.indexOf('\r\n\r\n') + 4);
+  const headLength = c.buf.indexOf('\r\n\r\n') + 4;
+  c.take(headLength);
   const up = await waitFor(() => tunnels[n], { what: 'the tunnel at the origin' });
-  return { c, up };
+  return { c, up, headLength };
+}
+
+interface AccessLine { path: string; status: number; bytesIn: number; bytesOut: number; ms: number; term: string }
+
+/** The access line of the request for `path`, once written. */
+async function accessLine(path: string): Promise<AccessLine> {
+  const line = await waitForLine(proxy.output, (l) => l.includes('"access":true') && l.includes(`"path":"${path}"`), { what: `the access line of ${path}` });
+  return JSON.parse(line) as AccessLine;
 }
 
 /**
@@ -90,7 +99,7 @@ function closedAt(c: Conn): Promise<number> {
 }
 
 test('bytes either way keep a tunnel open past --tunnel-timeout; silence closes both sides after it', T, async () => {
-  const { c, up } = await open();
+  const { c, up, headLength } = await open('/idle');
   assert.equal(await metric('sticky_tunnels'), 1);
   const clientClosed = closedAt(c);
   // 1.6 s of the client's bytes only, then 1.6 s of the backend's only: each way resets the timeout.
@@ -105,10 +114,13 @@ test('bytes either way keep a tunnel open past --tunnel-timeout; silence closes 
   await waitForLine(proxy.output, (l) => l.includes('tunnel timed out') && l.includes('"halfClosed":false'), { what: 'the timeout logged' });
   assert.equal(await metric('sticky_tunnels'), 0);
   assert.equal(await metric('sticky_tunnel_timeouts_total'), 1);
+  const a = await accessLine('/idle');
+  assert.deepEqual([a.status, a.bytesIn, a.bytesOut, a.term], [101, 8, headLength + 8, 'tunnel timeout'], 'the access line: the 101, the bytes both ways');
+  assert.ok(a.ms >= 3200 + TUNNEL_MS - 250, `its time is the tunnel's whole life (${a.ms} ms)`);
 });
 
 test('once the client has half-closed, --tunnel-fin-timeout closes a silent tunnel', T, async () => {
-  const { c, up } = await open();
+  const { c, up } = await open('/half-closed');
   const clientClosed = closedAt(c);
   c.sock.end();
   await waitFor(() => up.ended, { what: "the client's FIN at the origin" });
@@ -117,4 +129,18 @@ test('once the client has half-closed, --tunnel-fin-timeout closes a silent tunn
   await cutAtOrigin(up);
   assert.ok(clientAt - finAt < TUNNEL_MS - 200, `closed ${Math.round(clientAt - finAt)} ms after the FIN: the shorter fin timeout held`);
   await waitForLine(proxy.output, (l) => l.includes('tunnel timed out') && l.includes('"halfClosed":true'), { what: 'the half-closed timeout logged' });
+});
+
+test('a tunnel both sides end cleanly is logged "ok" when it closes', T, async () => {
+  const { c, up, headLength } = await open('/clean');
+  c.sock.write('hello');
+  up.sock.write('world!');
+  while (c.buf.length < 6) await c.more(Date.now() + 5000, "the origin's bytes");
+  const clientClosed = closedAt(c);
+  c.sock.end();
+  await waitFor(() => up.ended, { what: "the client's FIN at the origin" });
+  up.sock.end();
+  await clientClosed;
+  const a = await accessLine('/clean');
+  assert.deepEqual([a.status, a.bytesIn, a.bytesOut, a.term], [101, 5, headLength + 6, 'ok']);
 });
