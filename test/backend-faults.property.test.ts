@@ -12,13 +12,13 @@
 // - afterwards a fresh request is served.
 // `--eject-after 0`: the one backend is never taken out for its faults, so
 // that each case and its probe reach it.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
 import type { TLSSocket } from 'node:tls';
-import { checkProperty, Conn, encodeChunked, latin1, preview, seededBytes, type Setup, startSetup, stopSetup } from './helpers/wire.ts';
+import { checkProperty, Conn, encodeChunked, latin1, preview, seededBytes, type Setup, twinSetups } from './helpers/wire.ts';
 
 const NUM_RUNS = 250;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin). */
@@ -254,19 +254,8 @@ async function waitClosed(c: Conn, deadline: number, what: string): Promise<void
 
 // ---------------------------------------------------------------------- test
 
-let plain: Setup;
-let secure: Setup;
-
-before(async () => {
-  const flags = ['--no-affinity', '--eject-after', '0', '--upstream-header-timeout', String(TIMEOUT_MS), '--upstream-body-timeout', String(TIMEOUT_MS)];
-  plain = await startSetup(serve, {}, false, flags);
-  secure = await startSetup(serve, {}, true, flags);
-});
-
-after(async () => {
-  for (const s of Conn.open) s.destroy();
-  for (const x of [plain, secure]) await stopSetup(x);
-});
+const FLAGS = ['--no-affinity', '--eject-after', '0', '--upstream-header-timeout', String(TIMEOUT_MS), '--upstream-body-timeout', String(TIMEOUT_MS)];
+const twins = twinSetups(serve, {}, FLAGS);
 
 async function property(setup: Setup, numRuns: number): Promise<void> {
   const proxy = setup.proxy;
@@ -312,9 +301,9 @@ async function property(setup: Setup, numRuns: number): Promise<void> {
 }
 
 test('misbehaving backends: the proxy stays up, and a client gets the whole answer, the proxy\'s 502 or 504, or a cut it can tell', { timeout: 110_000 }, async () => {
-  await property(plain, NUM_RUNS);
+  await property(twins.plain, NUM_RUNS);
 });
 
 test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
-  await property(secure, TLS_RUNS);
+  await property(twins.secure, TLS_RUNS);
 });

@@ -11,13 +11,13 @@
 //   next request on it would be read as the rest of the body), so a fresh
 //   request afterwards reaches the backend whole and is answered.
 // Whole requests are generated too, and must arrive byte for byte.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import fc from 'fast-check';
-import { checkProperty, Conn, encodeChunked, latin1, seededBytes, type Setup, startSetup, stopSetup } from './helpers/wire.ts';
+import { checkProperty, Conn, encodeChunked, latin1, seededBytes, type Setup, twinSetups } from './helpers/wire.ts';
 
 const NUM_RUNS = 200;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin). */
@@ -110,19 +110,8 @@ function serve(sock: Socket): void {
 
 // ---------------------------------------------------------------------- test
 
-let plain: Setup;
-let secure: Setup;
-
-before(async () => {
-  const flags = ['--no-affinity', '--client-header-timeout', String(TIMEOUT_MS), '--client-body-timeout', String(TIMEOUT_MS)];
-  plain = await startSetup(serve, {}, false, flags);
-  secure = await startSetup(serve, {}, true, flags);
-});
-
-after(async () => {
-  for (const s of Conn.open) s.destroy();
-  for (const x of [plain, secure]) await stopSetup(x);
-});
+const FLAGS = ['--no-affinity', '--client-header-timeout', String(TIMEOUT_MS), '--client-body-timeout', String(TIMEOUT_MS)];
+const twins = twinSetups(serve, {}, FLAGS);
 
 let nextId = 1;
 
@@ -182,9 +171,9 @@ async function property(setup: Setup, numRuns: number): Promise<void> {
 }
 
 test('misbehaving clients: a request cut short is never completed upstream, and its backend connection is not used again', { timeout: 110_000 }, async () => {
-  await property(plain, NUM_RUNS);
+  await property(twins.plain, NUM_RUNS);
 });
 
 test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
-  await property(secure, TLS_RUNS);
+  await property(twins.secure, TLS_RUNS);
 });

@@ -13,12 +13,12 @@
 // the scripted segments; the client is a raw socket with a small strict
 // response reader. Bodies are generated from (length, seed), so that a
 // counterexample prints short.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
-import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, preview, type Setup, startSetup, stopSetup, readHeads, responseValueArb, seededBytes, splitAt, writeAll } from './helpers/wire.ts';
+import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, preview, type Setup, twinSetups, readHeads, responseValueArb, seededBytes, splitAt, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 300;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): the other read and write paths. */
@@ -400,18 +400,7 @@ async function exchange(c: Conn, b: Built, kind: ClientKind, label: string): Pro
 
 // ---------------------------------------------------------------------- test
 
-let plain: Setup;
-let secure: Setup;
-
-before(async () => {
-  plain = await startSetup(serve, {}, false);
-  secure = await startSetup(serve, {}, true);
-});
-
-after(async () => {
-  for (const s of Conn.open) s.destroy();
-  for (const x of [plain, secure]) await stopSetup(x);
-});
+const twins = twinSetups(serve, {});
 
 async function property(setup: Setup, numRuns: number): Promise<void> {
   const proxy = setup.proxy;
@@ -449,9 +438,9 @@ async function property(setup: Setup, numRuns: number): Promise<void> {
 }
 
 test('backend answers reach the client byte for byte: heads, bodies, framing, kept-alive connections', { timeout: 110_000 }, async () => {
-  await property(plain, NUM_RUNS);
+  await property(twins.plain, NUM_RUNS);
 });
 
 test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
-  await property(secure, TLS_RUNS);
+  await property(twins.secure, TLS_RUNS);
 });

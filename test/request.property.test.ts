@@ -34,13 +34,13 @@
 // end the request at once, so that a lost byte mid-body fails without waiting
 // for the deadline. Bodies are generated from (length, seed), so that a
 // counterexample prints short.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
 import { DEFAULT_SESSION_COOKIES } from '../src/config.ts';
-import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, type Setup, startSetup, stopSetup, requestValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
+import { bytesDiff, Conn, cutsOf, encodeChunked, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, type Setup, twinSetups, requestValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): the other read and write paths. */
@@ -583,18 +583,7 @@ async function checkClosed(c: Conn, b: Built): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-let plain: Setup;
-let secure: Setup;
-
-before(async () => {
-  plain = await startSetup(serve, {}, false);
-  secure = await startSetup(serve, {}, true);
-});
-
-after(async () => {
-  for (const s of Conn.open) s.destroy();
-  for (const x of [plain, secure]) await stopSetup(x);
-});
+const twins = twinSetups(serve, {});
 
 async function property(setup: Setup, numRuns: number): Promise<void> {
   const proxy = setup.proxy;
@@ -650,9 +639,9 @@ async function property(setup: Setup, numRuns: number): Promise<void> {
 }
 
 test('client requests reach the origin byte for byte: request lines, heads, bodies, framing, pipelining, HTTP/1.0', { timeout: 110_000 }, async () => {
-  await property(plain, NUM_RUNS);
+  await property(twins.plain, NUM_RUNS);
 });
 
 test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
-  await property(secure, TLS_RUNS);
+  await property(twins.secure, TLS_RUNS);
 });

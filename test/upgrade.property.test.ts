@@ -54,14 +54,14 @@
 // The origin is a raw net server that checks nothing itself: it records the
 // head it got, answers as scripted and hands its socket to the run. Messages
 // are generated from (length, seed), so that a counterexample prints short.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import fc from 'fast-check';
-import { bytesDiff, cutsOf, encodeChunked, gap, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, type Setup, startSetup, stopSetup, readHeads, requestValueArb, responseValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
+import { bytesDiff, cutsOf, encodeChunked, gap, type Gap, gapsArb, latin1, lengthArb, owsArb, preview, type Setup, twinSetups, readHeads, requestValueArb, responseValueArb, seededBytes, splitAt, trailingOwsArb, writeAll } from './helpers/wire.ts';
 
 const NUM_RUNS = 600;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin): WebSockets over wss://. */
@@ -767,18 +767,7 @@ async function runSwitch(c: Peer, b: Built, a: Switch): Promise<void> {
 
 // ---------------------------------------------------------------------- test
 
-let plain: Setup;
-let secure: Setup;
-
-before(async () => {
-  plain = await startSetup(serve, { allowHalfOpen: true }, false);
-  secure = await startSetup(serve, { allowHalfOpen: true }, true);
-});
-
-after(async () => {
-  for (const s of sockets) s.destroy();
-  for (const x of [plain, secure]) await stopSetup(x);
-});
+const twins = twinSetups(serve, { allowHalfOpen: true }, [], () => sockets);
 
 async function property(setup: Setup, numRuns: number): Promise<void> {
   const proxy = setup.proxy;
@@ -809,9 +798,9 @@ async function property(setup: Setup, numRuns: number): Promise<void> {
 }
 
 test('upgrades end to end: the request and the 101 byte for byte, a tunnel both ways, closes, declined upgrades', { timeout: 110_000 }, async () => {
-  await property(plain, NUM_RUNS);
+  await property(twins.plain, NUM_RUNS);
 });
 
 test('the same through TLS on both sides (wss:// to an https:// origin)', { timeout: 110_000 }, async () => {
-  await property(secure, TLS_RUNS);
+  await property(twins.secure, TLS_RUNS);
 });

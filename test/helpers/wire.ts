@@ -9,6 +9,7 @@ import { Buffer } from 'node:buffer';
 import { once } from 'node:events';
 import { connect, createServer, type AddressInfo, type Server, type ServerOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls';
+import { after, before } from 'node:test';
 import fc from 'fast-check';
 import { startProxy, type ProxyProcess } from './proxy.ts';
 import { selfSigned } from './tls.ts';
@@ -383,7 +384,7 @@ export interface Setup { origin: RawOrigin; proxy: ProxyUnderTest; secure: boole
  * `secure`: TLS on both sides, a client to --tls-cert and the proxy to an
  * https:// origin (the reads TLS delivers as 'data' events, not through onread).
  */
-export async function startSetup(serve: (sock: Socket) => void, options: ServerOpts, secure: boolean, flags: string[] = []): Promise<Setup> {
+async function startSetup(serve: (sock: Socket) => void, options: ServerOpts, secure: boolean, flags: string[] = []): Promise<Setup> {
   if (!secure) {
     const origin = await RawOrigin.start(serve, options);
     return { origin, proxy: await ProxyUnderTest.start(['--threads', '1', '--backend', `o=http://127.0.0.1:${origin.port}`, ...flags]), secure };
@@ -395,9 +396,28 @@ export async function startSetup(serve: (sock: Socket) => void, options: ServerO
   return { origin, proxy, secure };
 }
 
-export async function stopSetup(x: Setup | undefined): Promise<void> {
+async function stopSetup(x: Setup | undefined): Promise<void> {
   await x?.proxy.stop();
   await x?.origin.close();
+}
+
+/**
+ * A test file's plain and TLS setups (startSetup), started in its `before`
+ * and stopped in its `after`, once the sockets still open are destroyed
+ * (Conn's, and those `open` names); read them once `before` has run.
+ */
+export function twinSetups(serve: (sock: Socket) => void, options: ServerOpts = {}, flags: string[] = [], open: () => Iterable<Socket> = () => []): { plain: Setup; secure: Setup } {
+  const twins = {} as { plain: Setup; secure: Setup };
+  before(async () => {
+    twins.plain = await startSetup(serve, options, false, flags);
+    twins.secure = await startSetup(serve, options, true, flags);
+  });
+  after(async () => {
+    for (const s of Conn.open) s.destroy();
+    for (const s of open()) s.destroy();
+    for (const x of [twins.plain, twins.secure]) await stopSetup(x);
+  });
+  return twins;
 }
 
 /**
