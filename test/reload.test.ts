@@ -1,8 +1,8 @@
 // SIGHUP reloads what can change without a restart, in every event loop: the
-// log level, timeouts, the session cookie names and the TLS certificate (for
-// new connections); it says in one line what it applied, and in another what
-// changed but needs a restart (not applied). Two loops, many connections:
-// the kernel spreads them over both.
+// log level, timeouts (the tunnels' too), the session cookie names and the TLS
+// certificate (for new connections); it says in one line what it applied, and
+// in another what changed but needs a restart (not applied). Two loops, many
+// connections: the kernel spreads them over both.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -13,6 +13,7 @@ import { connect, type TLSSocket } from 'node:tls';
 import { startOrigin, type Origin } from './helpers/origins.ts';
 import { startProxy } from './helpers/proxy.ts';
 import { waitFor, waitForLine } from './helpers/wait.ts';
+import { Conn, RawOrigin } from './helpers/wire.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'sticky-reload-'));
 const f = (name: string): string => join(dir, name);
@@ -124,6 +125,74 @@ test('SIGHUP changes the log level, a timeout, a limit, the session cookie and t
     const sticky = (await many(() => exchange(port, close('Cookie: second_sid=late\r\n')))).map((e) => backendOf(e.answer));
     assert.deepEqual(new Set(sticky), new Set([learnt]));
   } finally {
+    await p.stop();
+  }
+});
+
+/** An upgrade through the proxy, answered 101: the client's side, the head read. */
+async function tunnel(port: number): Promise<Conn> {
+  const c = new Conn(port);
+  c.sock.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+  const deadline = Date.now() + 5000;
+  while (c.buf.indexOf('\r\n\r\n') < 0) await c.more(deadline, 'the 101 head');
+  assert.match(c.buf.toString('latin1'), /^HTTP\/1\.1 101 /);
+  return c;
+}
+
+test('SIGHUP changes the tunnel timeouts in every loop', { timeout: 60_000 }, async () => {
+  // Answers an upgrade with a 101 and then only listens; a client's FIN leaves its side open, so only a timeout ends a tunnel.
+  const origin = await RawOrigin.start((sock) => {
+    let head = '';
+    const onData = (d: Buffer): void => {
+      head += d.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      sock.off('data', onData);
+      sock.on('data', () => {});
+      sock.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    };
+    sock.on('data', onData);
+  }, { allowHalfOpen: true });
+  after(() => origin.close());
+  const file = f('tunnels.json');
+  // Both timeouts far past the waits below: a tunnel closes in time only with the reloaded value.
+  const settings = { backend: [`o=http://127.0.0.1:${origin.port}`], 'log-level': 'info', 'tunnel-timeout': 60_000, 'tunnel-fin-timeout': 60_000 };
+  writeFileSync(file, JSON.stringify(settings));
+  const p = await startProxy(['--config', file, '--threads', '2']);
+  try {
+    const port = Number(new URL(p.url).port);
+    const reload = async (changes: object): Promise<string[]> => {
+      const done = p.output.filter((l) => l.includes('"msg":"SIGHUP: applied"')).length;
+      writeFileSync(file, JSON.stringify({ ...settings, ...changes }));
+      process.kill(p.pid, 'SIGHUP');
+      const line = await waitFor(() => p.output.filter((l) => l.includes('"msg":"SIGHUP: applied"'))[done], { what: 'the applied line' });
+      return (JSON.parse(line) as { flags: string[] }).flags;
+    };
+    interface TimedOut { loop: number; ms: number }
+    const timedOut = (halfClosed: boolean): TimedOut[] => p.output
+      .filter((l) => l.includes('"msg":"tunnel timed out"') && l.includes(`"halfClosed":${halfClosed}`))
+      .map((l) => JSON.parse(l) as TimedOut);
+    /** Waits until the proxy has closed every one of `conns`, and as many tunnels have timed out; the loops they timed out in. */
+    const closedByTimeout = async (conns: Conn[], halfClosed: boolean, ms: number): Promise<Set<number>> => {
+      await waitFor(() => conns.every((c) => c.ended), { what: `the proxy closing ${conns.length} silent tunnels`, timeoutMs: 15_000 });
+      await waitFor(() => timedOut(halfClosed).length >= conns.length, { what: `${conns.length} tunnel timeouts logged` });
+      const lines = timedOut(halfClosed);
+      assert.equal(lines.length, conns.length, 'one timeout per tunnel');
+      assert.deepEqual(new Set(lines.map((l) => l.ms)), new Set([ms]));
+      return new Set(lines.map((l) => l.loop));
+    };
+
+    // The fin timeout first, with the tunnel timeout still long: half-closed tunnels close after 300 ms of silence.
+    assert.deepEqual(await reload({ 'tunnel-fin-timeout': 300 }), ['--tunnel-fin-timeout']);
+    const halfClosed = await many(() => tunnel(port));
+    for (const c of halfClosed) c.sock.end();
+    assert.deepEqual(await closedByTimeout(halfClosed, true, 300), new Set([0, 1]));
+
+    // Then the tunnel timeout (its least, 1 s): tunnels silent both ways close too.
+    assert.deepEqual(await reload({ 'tunnel-fin-timeout': 300, 'tunnel-timeout': 1000 }), ['--tunnel-timeout']);
+    const idle = await many(() => tunnel(port));
+    assert.deepEqual(await closedByTimeout(idle, false, 1000), new Set([0, 1]));
+  } finally {
+    for (const s of Conn.open) s.destroy();
     await p.stop();
   }
 });
