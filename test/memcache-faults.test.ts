@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { freePort, startMemcached, type Memcached } from './helpers/memcached.ts';
 import { MemcacheClient, type MemcacheError } from '../src/memcache/client.ts';
+import { MemcachedStore } from '../src/store/memcached.ts';
 import { FrameParser, HEADER_SIZE, MAGIC_REQUEST, MAGIC_RESPONSE, Op, writeHeader } from '../src/memcache/codec.ts';
 
 // Every test and hook has its own deadline, so a hang fails fast instead of stalling the run.
@@ -62,12 +63,14 @@ const answers = (c: MemcacheClient, key: string) => async (): Promise<boolean> =
 
 interface Req { opcode: number; opaque: number; key: string }
 
-function response(opcode: number, opaque: number, status = 0, value = '', flags = 0): Buffer {
+/** A reply; a GETK hit carries its key, as memcached's do. */
+function response(opcode: number, opaque: number, status = 0, value = '', flags = 0, key = ''): Buffer {
   const extLen = opcode === Op.NOOP ? 0 : 4;
-  const b = Buffer.alloc(HEADER_SIZE + extLen + value.length);
-  writeHeader(b, 0, MAGIC_RESPONSE, opcode, 0, extLen, status, extLen + value.length, opaque);
+  const b = Buffer.alloc(HEADER_SIZE + extLen + key.length + value.length);
+  writeHeader(b, 0, MAGIC_RESPONSE, opcode, key.length, extLen, status, extLen + key.length + value.length, opaque);
   if (extLen) b.writeUInt32BE(flags, HEADER_SIZE);
-  b.write(value, HEADER_SIZE + extLen, 'latin1');
+  b.write(key, HEADER_SIZE + extLen, 'latin1');
+  b.write(value, HEADER_SIZE + extLen + key.length, 'latin1');
   return b;
 }
 
@@ -125,7 +128,7 @@ test('batching on the wire: one tick of gets is GETKQs closed by one NOOP, split
 
 test('a peer that closes cleanly mid-batch: answered ops resolve, the rest fail at once', { timeout }, async () => {
   const peer = await rawPeer(noopAnswerer((sock, req, seen) => {
-    if (seen.filter((r) => r.opcode === Op.GETKQ).length === 1) sock.write(response(Op.GETKQ, req.opaque, 0, 'first', 3));
+    if (seen.filter((r) => r.opcode === Op.GETKQ).length === 1) sock.write(response(Op.GETKQ, req.opaque, 0, 'first', 3, req.key));
     else if (req.key === 'k4') sock.end(); // FIN after reading half the batch
   }));
   const c = client({ servers: [peer.address], ...longDeadlines });
@@ -139,7 +142,7 @@ for (const ending of ['silence', 'FIN', 'RST'] as const) {
   test(`half a reply, then ${ending}: every op settles`, { timeout }, async () => {
     const peer = await rawPeer(noopAnswerer((sock, req) => {
       if (req.key !== 'k0') return;
-      const hit = response(Op.GETKQ, req.opaque, 0, 'x'.repeat(100));
+      const hit = response(Op.GETKQ, req.opaque, 0, 'x'.repeat(100), 0, req.key);
       sock.write(hit.subarray(0, 60));
       if (ending === 'FIN') setTimeout(() => sock.end(), 50);
       if (ending === 'RST') setTimeout(() => sock.resetAndDestroy(), 50);
@@ -167,6 +170,50 @@ test('a peer sending garbage: protocol error, then a fresh connection', { timeou
   const { outcomes } = await settleAll([c.get('bad'), c.get('other')]);
   assert.deepEqual(outcomes, ['protocol', 'protocol']);
   await until('reconnected', answers(c, 'again'), 3000);
+});
+
+// A stream out of step (a byte lost or garbled on the way) can put a frame
+// with a pending op's opaque where that op's reply should be. Taken as the
+// answer, it would route a session by another key's value.
+for (const wrong of ['a hit for another key', 'another opcode for a get', 'a hit for a set'] as const) {
+  test(`a reply that is not its op's (${wrong}): protocol error for the batch, then a fresh connection`, { timeout }, async () => {
+    let once = true;
+    const peer = await rawPeer(noopAnswerer((sock, req) => {
+      if (!once) {
+        if (req.opcode === Op.GETKQ) sock.write(response(Op.GETKQ, req.opaque, 0, 'b1', 0, req.key));
+        return;
+      }
+      once = false;
+      if (wrong === 'a hit for another key') sock.write(response(Op.GETKQ, req.opaque, 0, 'b1', 0, 'other'));
+      else if (wrong === 'another opcode for a get') sock.write(response(Op.SETQ, req.opaque, 0));
+      else sock.write(response(Op.GETKQ, req.opaque, 0, 'b1', 0, req.key));
+    }));
+    const c = client({ servers: [peer.address], ...longDeadlines });
+    await until('connected', async () => peer.seen.length > 0, 2000);
+    const first = wrong === 'a hit for a set' ? c.set('k0', 'v', 0) : c.get('k0');
+    const { outcomes } = await settleAll([first, c.get('k1')]);
+    assert.deepEqual(outcomes, ['protocol', 'protocol']);
+    await until('reconnected', async () => (await c.get('k2').catch(() => null))?.value.toString() === 'b1', 3000);
+  });
+}
+
+test('the proxy\'s store: a write whose connection was lost to a protocol error is queued and written again', { timeout }, async () => {
+  // Whether memcached applied it is unknown: the client gave up on the stream,
+  // and closing a socket with unread bytes resets it, which can discard requests
+  // the server had not read yet.
+  let garbled = false;
+  const peer = await rawPeer(noopAnswerer((sock, req) => {
+    if (req.opcode === Op.SETQ && !garbled) {
+      garbled = true;
+      sock.write(Buffer.alloc(HEADER_SIZE)); // a frame with magic 0
+    }
+  }));
+  const store = new MemcachedStore({ servers: [peer.address], keyPrefix: '', timeoutMs: 2000, learnQueue: 10, outageCounters: null });
+  cleanup.push(() => store.close());
+  await until('connected', async () => peer.seen.length > 0, 2000);
+  await store.set('PHPSESSID:s1', 'b1', 600, false);
+  await until('the write sent again', async () => peer.seen.filter((r) => r.opcode === Op.SETQ).length === 2, 5000);
+  assert.equal(store.dropped, 0);
 });
 
 test('memcached killed with kill -9 mid-batch: every op settles at once; restarted: the client reconnects by itself', { timeout }, async () => {

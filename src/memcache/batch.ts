@@ -5,7 +5,7 @@
 // not answered is known: a read missed, a write succeeded.
 import { Buffer } from 'node:buffer';
 import { performance } from 'node:perf_hooks';
-import { HEADER_SIZE, Status, encodeNoop, get32, statusName, type Frame } from './codec.ts';
+import { HEADER_SIZE, ProtocolError, Status, encodeNoop, get32, statusName, type Frame } from './codec.ts';
 import type { Connection } from './connection.ts';
 import { MemcacheError } from './errors.ts';
 
@@ -38,6 +38,8 @@ export class Batch {
   // Per op, by index: kind, and the promise's callbacks (null once settled).
   // Parallel arrays and one shared executor save an object and a closure per op.
   private readonly kinds: OpKind[] = [];
+  /** Where each op's request starts in `wire`: its reply must echo that opcode (and a hit, that key). */
+  private readonly starts: number[] = [];
   private readonly resolves: (Settle | null)[] = [];
   private readonly rejects: (Reject | null)[] = [];
   private readonly capture = (resolve: Settle, reject: Reject): void => {
@@ -91,14 +93,15 @@ export class Batch {
     return c !== null && c.isOpen && c.rxCount === this.rxMark;
   }
 
-  /** Queues one op; its bytes were encoded by the caller. */
-  add<T>(kind: OpKind): Promise<T> {
+  /** Queues one op; its bytes were encoded by the caller, `start` bytes into the batch. */
+  add<T>(kind: OpKind, start: number): Promise<T> {
     if (kind === KIND_GET) {
       if (this.readDeadline === 0) this.readDeadline = performance.now() + this.readTimeoutMs;
     } else if (this.writeDeadline === 0) {
       this.writeDeadline = performance.now() + this.writeTimeoutMs;
     }
     this.kinds.push(kind);
+    this.starts.push(start);
     this.unsettled++;
     return new Promise<T>(this.capture as (resolve: (value: T) => void, reject: Reject) => void);
   }
@@ -132,11 +135,19 @@ export class Batch {
 
   /** A reply for op `index` of this batch. */
   answer(index: number, f: Frame): void {
+    // A stream out of step (a byte lost or garbled on the way) can put a frame
+    // with this op's opaque where its reply should be: taken as the answer, a
+    // lookup would route by another key's value. memcached echoes the opcode,
+    // and a GETK hit carries its key.
+    const wire = this.wire as Buffer;
+    const at = this.starts[index];
+    if (f.opcode !== wire[at + 1]) throw new ProtocolError(`reply opcode 0x${f.opcode.toString(16)} to request opcode 0x${wire[at + 1].toString(16)}`);
     if (this.resolves[index] === null) return; // already timed out
     const status = f.status;
     switch (this.kinds[index]) {
       case KIND_GET:
         if (status === Status.OK) {
+          if (!sameKey(wire, at, f)) throw new ProtocolError('a hit for another key');
           const flags = f.extLen >= 4 ? get32(f.buf, f.extrasStart) : 0;
           const start = f.valueStart;
           // A view, not a copy: socket chunks are never reused, so it stays valid;
@@ -224,6 +235,17 @@ export class Batch {
     this.unsettled--;
     reject(err);
   }
+}
+
+/** Whether reply `f` carries the key of the request at `at` in `wire`. */
+function sameKey(wire: Buffer, at: number, f: Frame): boolean {
+  const len = (wire[at + 2] << 8) | wire[at + 3];
+  if (f.keyLen !== len) return false;
+  const k = at + HEADER_SIZE + wire[at + 4];
+  const buf = f.buf;
+  const s = f.keyStart;
+  for (let i = 0; i < len; i++) if (buf[s + i] !== wire[k + i]) return false;
+  return true;
 }
 
 function onTimer(batch: Batch): void {

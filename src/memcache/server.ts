@@ -87,32 +87,36 @@ export class Server implements BatchHost, ConnectionHost {
     if (this.downError !== null) return Promise.reject(this.downError);
     const b = this.batchFor(HEADER_SIZE + 4 + key.length);
     const opaque = (b.base + b.size) >>> 0;
+    const start = this.pos - this.batchStart;
     this.pos = opcode === Op.GETKQ
       ? encodeKeyOnly(this.arena, this.pos, opcode, opaque, key)
       : encodeTouch(this.arena, this.pos, opcode, opaque, key, exptime);
-    return b.add(KIND_GET);
+    return b.add(KIND_GET, start);
   }
 
   set(key: string, value: Buffer | string, valueLen: number, exptime: number, flags: number): Promise<void> {
     if (this.downError !== null) return Promise.reject(this.downError);
     const b = this.batchFor(HEADER_SIZE + 8 + key.length + valueLen);
     const opaque = (b.base + b.size) >>> 0;
+    const start = this.pos - this.batchStart;
     this.pos = encodeStore(this.arena, this.pos, Op.SETQ, opaque, key, flags, exptime, value, valueLen);
-    return b.add(KIND_SET);
+    return b.add(KIND_SET, start);
   }
 
   delete(key: string): Promise<void> {
     if (this.downError !== null) return Promise.reject(this.downError);
     const b = this.batchFor(HEADER_SIZE + key.length);
+    const start = this.pos - this.batchStart;
     this.pos = encodeKeyOnly(this.arena, this.pos, Op.DELETEQ, (b.base + b.size) >>> 0, key);
-    return b.add(KIND_DELETE);
+    return b.add(KIND_DELETE, start);
   }
 
   touch(key: string, exptime: number): Promise<boolean> {
     if (this.downError !== null) return Promise.reject(this.downError);
     const b = this.batchFor(HEADER_SIZE + 4 + key.length);
+    const start = this.pos - this.batchStart;
     this.pos = encodeTouch(this.arena, this.pos, Op.TOUCH, (b.base + b.size) >>> 0, key, exptime);
-    return b.add(KIND_TOUCH);
+    return b.add(KIND_TOUCH, start);
   }
 
   /** The open batch, with room for `bytes` more plus its closing NOOP. */

@@ -95,12 +95,14 @@ export class MemcachedStore implements AffinityStore {
   }
 
   /**
-   * Queues a write that failed for want of a server (true); anything else
-   * (false) is the caller's to see. `again`: a replayed write failing again.
+   * Queues a write that failed for want of a server, or whose fate is unknown
+   * (true); anything else (false) is the caller's to see. A protocol error
+   * closed the connection the write went on, unanswered: like a close, it
+   * may or may not have been applied. `again`: a replayed write failing again.
    */
   #keep(err: unknown, key: string, backend: string, ttl: number, sliding: boolean, again: boolean): boolean {
     const code = err instanceof MemcacheError ? err.code : '';
-    if (code !== 'down' && code !== 'timeout' && code !== 'closed') return false;
+    if (code !== 'down' && code !== 'timeout' && code !== 'closed' && code !== 'protocol') return false;
     if (this.#queue.length >= this.#queueMax) {
       this.#drop(1);
       return true;
