@@ -28,6 +28,8 @@ import { waitFor } from './helpers/wait.ts';
 const NUM_RUNS = 80;
 /** Runs with the store in a piscina worker: the same client, batches crossing threads. */
 const WORKER_RUNS = 40;
+/** Runs with two servers, keys spread over them, and two event loops, each with its own connections. */
+const PAIR_RUNS = 40;
 /** A request that takes longer than this hangs: the store deadline is 50 ms. */
 const ANSWER_MS = 5000;
 /** Time for the proxy to find memcached well again and write what it queued (a server marked down is probed each second). */
@@ -249,6 +251,8 @@ class FaultRelay {
 type Shot = { learn: true } | { learn: false; which: number };
 
 interface Case {
+  /** Which of the proxy's memcached servers misbehaves (the others pass everything on). */
+  server: number;
   plan: Fault[];
   split: boolean;
   rounds: Shot[][];
@@ -267,6 +271,7 @@ const shotArb: fc.Arbitrary<Shot> = fc.oneof(
   fc.nat(1000).map<Shot>((which) => ({ learn: false, which })),
 );
 const caseArb: fc.Arbitrary<Case> = fc.record({
+  server: fc.nat(1),
   plan: fc.array(faultArb, { minLength: 1, maxLength: 3 }),
   split: fc.boolean(),
   rounds: fc.array(fc.array(shotArb, { minLength: 1, maxLength: 4 }), { minLength: 2, maxLength: 6 }),
@@ -274,19 +279,27 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
 
 // ---------------------------------------------------------------------- test
 
-/** A proxy, its own relay to the one memcached, and the sessions learnt through it with the backend that issued each. */
-interface Rig { relay: FaultRelay; proxy: ProxyUnderTest; owners: Map<string, string> }
+/**
+ * A proxy, its own relays to the one memcached (each one a server to the
+ * proxy, which spreads keys over them), and the sessions learnt through it
+ * with the backend that issued each.
+ */
+interface Rig { relays: FaultRelay[]; proxy: ProxyUnderTest; owners: Map<string, string> }
 
 let mc: Memcached;
 let origins: Origin[] = [];
 const rigs: Rig[] = [];
 let nextSession = 1;
 
-async function rig(flags: string[]): Promise<Rig> {
-  const relay = new FaultRelay(mc.port);
-  await relay.listen();
-  const proxy = await ProxyUnderTest.start(['--threads', '1', ...backendFlags(origins), '--memcache', `127.0.0.1:${relay.port}`, '--near-cache-ttl', '0', ...flags]);
-  const r = { relay, proxy, owners: new Map<string, string>() };
+async function rig(servers: number, threads: number, flags: string[]): Promise<Rig> {
+  const relays: FaultRelay[] = [];
+  for (let i = 0; i < servers; i++) {
+    relays.push(new FaultRelay(mc.port));
+    await relays[i].listen();
+  }
+  const memcache = relays.map((r) => `127.0.0.1:${r.port}`).join(',');
+  const proxy = await ProxyUnderTest.start(['--threads', String(threads), ...backendFlags(origins), '--memcache', memcache, '--near-cache-ttl', '0', ...flags]);
+  const r = { relays, proxy, owners: new Map<string, string>() };
   rigs.push(r);
   return r;
 }
@@ -299,7 +312,7 @@ before(async () => {
 after(async () => {
   for (const r of rigs) {
     await r.proxy.stop();
-    await r.relay.close();
+    for (const relay of r.relays) await relay.close();
   }
   await Promise.all(origins.map((o) => o.close()));
   await mc?.stop();
@@ -338,13 +351,14 @@ async function shoot(x: Rig, shot: Shot, learnt: string[], at: string): Promise<
 async function property(x: Rig, numRuns: number): Promise<void> {
   let n = 0;
   await checkProperty(x.proxy, caseArb, numRuns, async (c) => {
-    const at = `case ${++n} (${c.plan.map((f) => `${f.kind} ${f.dir}@${f.at}`).join(', ')}${c.split ? ', split' : ''})`;
+    const relay = x.relays[c.server % x.relays.length];
+    const at = `case ${++n} (${x.relays.length > 1 ? `server ${c.server % x.relays.length}: ` : ''}${c.plan.map((f) => `${f.kind} ${f.dir}@${f.at}`).join(', ')}${c.split ? ', split' : ''})`;
     const learnt: string[] = [];
-    x.relay.arm(c.plan, c.split);
+    relay.arm(c.plan, c.split);
     try {
       for (const round of c.rounds) await Promise.all(round.map((shot) => shoot(x, shot, learnt, at)));
     } finally {
-      x.relay.heal();
+      relay.heal();
     }
     // No request for them now: what memcached holds came from the learns themselves, or their queue.
     for (const id of learnt) {
@@ -355,9 +369,13 @@ async function property(x: Rig, numRuns: number): Promise<void> {
 }
 
 test('a misbehaving memcached: every request answered by a backend, every session kept on its own, and every binding in memcached once it is well', { timeout: 300_000 }, async () => {
-  await property(await rig([]), NUM_RUNS);
+  await property(await rig(1, 1, []), NUM_RUNS);
 });
 
 test('the same with the store in an affinity worker (--workers 1)', { timeout: 300_000 }, async () => {
-  await property(await rig(['--workers', '1']), WORKER_RUNS);
+  await property(await rig(1, 1, ['--workers', '1']), WORKER_RUNS);
+});
+
+test('the same with two memcached servers, one misbehaving, and two event loops', { timeout: 300_000 }, async () => {
+  await property(await rig(2, 2, []), PAIR_RUNS);
 });
