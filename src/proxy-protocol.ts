@@ -266,7 +266,12 @@ function ipv4String(a: Uint8Array): string {
   return `${a[0]}.${a[1]}.${a[2]}.${a[3]}`;
 }
 
-/** RFC 5952: lower case, no leading zeros, the longest run (2+) of zero groups as "::", the first if tied. */
+/**
+ * RFC 5952: lower case, no leading zeros, the longest run (2+) of zero groups
+ * as "::", the first if tied; the last 32 bits dotted where Node (libuv's
+ * inet_ntop) writes them so, for a socket's own address: one client reads the
+ * same whether it connected directly or through the balancer.
+ */
 function ipv6String(a: Uint8Array): string {
   let bestAt = -1;
   let bestLen = 1;
@@ -287,7 +292,8 @@ function ipv6String(a: Uint8Array): string {
     s += ((a[g * 2] << 8) | a[g * 2 + 1]).toString(16);
     if (g < 7) s += ':';
   }
-  // An IPv4-mapped address reads as the IPv4 one, as Node writes a socket's ::ffff:a.b.c.d.
+  // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d, its seventh group not zero) addresses.
   if (bestAt === 0 && bestLen === 5 && a[10] === 0xff && a[11] === 0xff) return `::ffff:${a[12]}.${a[13]}.${a[14]}.${a[15]}`;
+  if (bestAt === 0 && bestLen === 6) return `::${a[12]}.${a[13]}.${a[14]}.${a[15]}`;
   return s;
 }
