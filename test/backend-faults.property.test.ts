@@ -10,19 +10,26 @@
 //   of the backend's;
 // - nothing hangs past the upstream timeouts;
 // - afterwards a fresh request is served.
+// Half the answers set a session cookie; run again with affinity on (and
+// memcached), such an answer is held until its learn is stored, while the
+// backend goes on to misbehave, and must reach the client as any other.
 // `--eject-after 0`: the one backend is never taken out for its faults, so
 // that each case and its probe reach it.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { Socket } from 'node:net';
 import fc from 'fast-check';
 import type { TLSSocket } from 'node:tls';
+import { startMemcached, type Memcached } from './helpers/memcached.ts';
 import { checkProperty, Conn, encodeChunked, latin1, preview, seededBytes, type Setup, twinSetups } from './helpers/wire.ts';
 
 const NUM_RUNS = 250;
 /** Runs through TLS on both sides (a client to --tls-cert, the proxy to an https:// origin). */
 const TLS_RUNS = 100;
+/** Runs with affinity on (memcached), plain and through TLS. */
+const AFFINITY_RUNS = 150;
+const AFFINITY_TLS_RUNS = 60;
 /** The proxy's upstream timeouts in this test: a silent backend is given up on after this long. */
 const TIMEOUT_MS = 300;
 /** The most one exchange may take: the timeout, the deadlines' tick and a loaded machine's margin. */
@@ -53,6 +60,8 @@ interface Case {
   fault: Fault;
   /** The backend's bytes go out in two writes, split here (thousandths). */
   split: number;
+  /** The answer sets a session cookie: with affinity on, it is held until memcached has stored its learn. */
+  cookie: boolean;
 }
 
 const BAD_HEADS = [
@@ -84,6 +93,7 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
     { weight: 2, arbitrary: fc.record({ kind: fc.constant('bad-chunk' as const), at: fc.integer({ min: 0, max: 1000 }), which: fc.nat(BAD_CHUNKS.length - 1), end: endArb }) },
   ),
   split: fc.integer({ min: 0, max: 1000 }),
+  cookie: fc.boolean(),
 });
 
 interface Built {
@@ -111,7 +121,8 @@ function build(c: Case): Built {
   const bodiless = c.method === 'HEAD' || c.status === 204 || c.status === 304;
   // A 204 has no framing line (RFC 9110 section 8.6); a 304 or an answer to HEAD says what a GET's would be.
   const framing = c.status === 204 ? '' : c.chunked ? 'Transfer-Encoding: chunked\r\n' : `Content-Length: ${body.length}\r\n`;
-  const head = `HTTP/1.1 ${c.status} X\r\nX-Case: ${id}\r\n${framing}\r\n`;
+  const cookie = c.cookie ? `Set-Cookie: PHPSESSID=s${id}; Path=/\r\n` : '';
+  const head = `HTTP/1.1 ${c.status} X\r\nX-Case: ${id}\r\n${cookie}${framing}\r\n`;
   const answer = bodiless ? latin1(head) : Buffer.concat([latin1(head), framed(body)]);
   const f = c.fault;
   let wire: Buffer;
@@ -256,6 +267,15 @@ async function waitClosed(c: Conn, deadline: number, what: string): Promise<void
 
 const FLAGS = ['--no-affinity', '--eject-after', '0', '--upstream-header-timeout', String(TIMEOUT_MS), '--upstream-body-timeout', String(TIMEOUT_MS)];
 const twins = twinSetups(serve, {}, FLAGS);
+// Affinity on, with memcached: an answer that sets a session cookie waits for its learn's round trip while the backend goes on misbehaving.
+const AFFINITY_FLAGS = FLAGS.filter((f) => f !== '--no-affinity');
+let mc: Memcached;
+before(async () => {
+  mc = await startMemcached();
+  AFFINITY_FLAGS.push('--memcache', mc.address);
+});
+const learning = twinSetups(serve, {}, AFFINITY_FLAGS);
+after(() => mc?.stop());
 
 async function property(setup: Setup, numRuns: number): Promise<void> {
   const proxy = setup.proxy;
@@ -306,4 +326,12 @@ test('misbehaving backends: the proxy stays up, and a client gets the whole answ
 
 test('the same through TLS on both sides: a client to --tls-cert, the proxy to an https:// origin', { timeout: 110_000 }, async () => {
   await property(twins.secure, TLS_RUNS);
+});
+
+test('with affinity on: an answer that sets a session cookie, held for its learn, reaches the client as any other', { timeout: 110_000 }, async () => {
+  await property(learning.plain, AFFINITY_RUNS);
+});
+
+test('the same through TLS on both sides', { timeout: 110_000 }, async () => {
+  await property(learning.secure, AFFINITY_TLS_RUNS);
 });
