@@ -61,7 +61,7 @@ const answers = (c: MemcacheClient, key: string) => async (): Promise<boolean> =
 
 // --- a raw peer speaking just enough binary protocol ------------------------
 
-interface Req { opcode: number; opaque: number; key: string }
+interface Req { opcode: number; opaque: number; key: string; value: string }
 
 /** A reply; a GETK hit carries its key, as memcached's do. */
 function response(opcode: number, opaque: number, status = 0, value = '', flags = 0, key = ''): Buffer {
@@ -84,7 +84,7 @@ async function rawPeer(onRequest: (sock: Socket, req: Req, seen: Req[]) => void)
     sock.on('error', () => {});
     const mine: Req[] = [];
     const parser = new FrameParser((f) => {
-      const req = { opcode: f.opcode, opaque: f.opaque, key: f.buf.toString('latin1', f.keyStart, f.valueStart) };
+      const req = { opcode: f.opcode, opaque: f.opaque, key: f.buf.toString('latin1', f.keyStart, f.valueStart), value: f.buf.toString('latin1', f.valueStart, f.end) };
       seen.push(req);
       mine.push(req);
       onRequest(sock, req, mine);
@@ -214,6 +214,31 @@ test('the proxy\'s store: a write whose connection was lost to a protocol error 
   await store.set('PHPSESSID:s1', 'b1', 600, false);
   await until('the write sent again', async () => peer.seen.filter((r) => r.opcode === Op.SETQ).length === 2, 5000);
   assert.equal(store.dropped, 0);
+});
+
+test('the proxy\'s store: a queued write is not replayed over a newer write of its key', { timeout }, async () => {
+  // A learn lost with its connection is queued; the session moves (its backend
+  // went down) and the move is written at once; the replay of the old learn
+  // would then put the session back where it no longer is, for every instance.
+  let cut = false;
+  const peer = await rawPeer(noopAnswerer((sock, req) => {
+    if (req.opcode === Op.SETQ && !cut) {
+      cut = true;
+      sock.destroy();
+    }
+  }));
+  const store = new MemcachedStore({ servers: [peer.address], keyPrefix: '', timeoutMs: 2000, learnQueue: 10, outageCounters: null });
+  cleanup.push(() => store.close());
+  await until('connected', async () => peer.seen.length > 0, 2000);
+  const lost = Date.now();
+  await store.set('PHPSESSID:s1', 'b1', 600, true); // queued: its connection closed under it
+  // Written once the client has reconnected, before the replay (every 250 ms) comes.
+  await store.set('PHPSESSID:s1', 'b2', 600, true);
+  const moved = Date.now();
+  assert.ok(moved - lost < 250, `the move was written ${moved - lost} ms after the loss: the replay may have come first`);
+  await until('the replay\'s time passed', async () => Date.now() - lost > 1000, 2000);
+  const writes = peer.seen.filter((r) => r.opcode === Op.SETQ && r.key === 'PHPSESSID:s1').map((r) => r.value);
+  assert.equal(writes.at(-1), 'b2', `writes of the key, in order: ${writes.join(', ')}`);
 });
 
 test('memcached killed with kill -9 mid-batch: every op settles at once; restarted: the client reconnects by itself', { timeout }, async () => {

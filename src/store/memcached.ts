@@ -33,6 +33,8 @@ interface Pending {
   at: number;
   /** The client's index of the server holding the key. */
   server: number;
+  /** A later write of the key came after it: replaying it would undo that one. */
+  superseded: boolean;
 }
 
 export function memcachedDescription(servers: string[], keyPrefix: string): string {
@@ -48,6 +50,8 @@ export class MemcachedStore implements AffinityStore {
   readonly #refreshAfter = new Map<string, number>();
   readonly #queueMax: number;
   #queue: Pending[] = [];
+  /** The queued write of each key, to be superseded by a later one. */
+  readonly #queuedFor = new Map<string, Pending>();
   #retryTimer: NodeJS.Timeout | undefined;
   readonly #counters: OutageCounters | null;
 
@@ -68,6 +72,7 @@ export class MemcachedStore implements AffinityStore {
   }
 
   set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void> {
+    if (this.#queuedFor.size > 0) this.#supersede(key);
     if (sliding) this.#remember(key, ttl, Date.now());
     // memcached reads an exptime beyond 30 days as a Unix time, hence exptimeForTtl.
     return this.client.set(key, backend, exptimeForTtl(ttl), sliding ? ttl : 0).catch((err: unknown) => {
@@ -76,6 +81,7 @@ export class MemcachedStore implements AffinityStore {
   }
 
   delete(key: string): Promise<void> {
+    if (this.#queuedFor.size > 0) this.#supersede(key);
     this.#refreshAfter.delete(key);
     return this.client.delete(key).catch((err: unknown) => {
       if (!this.#keep(err, key, '', 0, false, false)) throw err;
@@ -91,6 +97,7 @@ export class MemcachedStore implements AffinityStore {
     this.#drop(this.#queue.length);
     this.#counters?.dequeued(this.#queue.length);
     this.#queue = [];
+    this.#queuedFor.clear();
     await this.client.close();
   }
 
@@ -107,7 +114,10 @@ export class MemcachedStore implements AffinityStore {
       this.#drop(1);
       return true;
     }
-    this.#queue.push({ key, backend, ttl, sliding, at: Date.now(), server: this.client.serverIndex(key) });
+    // A replay that failed again is the key's latest write unless one came since: then it was superseded, not kept.
+    const p: Pending = { key, backend, ttl, sliding, at: Date.now(), server: this.client.serverIndex(key), superseded: false };
+    this.#queue.push(p);
+    this.#queuedFor.set(key, p);
     this.#counters?.queued(backend !== '', again);
     this.#retryTimer ??= setTimeout(this.#replayNow, RETRY_MS);
     return true;
@@ -128,41 +138,64 @@ export class MemcachedStore implements AffinityStore {
     // A replayed write stays pending until memcached answers it, so the
     // outage report (store/watch.ts) waits for the answers it counts.
     for (const p of queue) {
+      if (p.superseded) {
+        // Its key was written again since: that write has the binding now.
+        if (p.backend !== '') this.#counters?.written();
+        this.#settled();
+        continue;
+      }
       if (this.client.isServerDown(p.server)) {
         this.#queue.push(p);
         continue;
       }
+      // It stays the key's queued write while it is on its way: a write of the key meanwhile supersedes it, and it is not queued again if it fails.
       if (p.backend === '') {
-        this.client.delete(p.key).then(this.#settled, (err: unknown) => this.#failedAgain(err, p.key, '', 0, false));
+        this.client.delete(p.key).then(() => this.#replayed(p, false), (err: unknown) => this.#failedAgain(err, p, 0));
         continue;
       }
       // A fixed lifetime is shortened by the time spent queued.
       const ttl = p.sliding ? p.ttl : p.ttl - Math.floor((now - p.at) / 1000);
       if (ttl <= 0) {
+        if (this.#queuedFor.get(p.key) === p) this.#queuedFor.delete(p.key);
         this.#drop(1);
         this.#settled();
         continue;
       }
-      this.client.set(p.key, p.backend, exptimeForTtl(ttl), p.sliding ? ttl : 0).then(this.#written, (err: unknown) => this.#failedAgain(err, p.key, p.backend, ttl, p.sliding));
+      this.client.set(p.key, p.backend, exptimeForTtl(ttl), p.sliding ? ttl : 0).then(() => this.#replayed(p, true), (err: unknown) => this.#failedAgain(err, p, ttl));
     }
     if (this.#queue.length > 0) this.#retryTimer ??= setTimeout(this.#replayNow, RETRY_MS);
   }
 
   readonly #replayNow = (): void => this.#replay();
 
-  readonly #written = (): void => {
-    this.#counters?.written();
+  /** A replayed write was answered: a learn's counts as written. */
+  #replayed(p: Pending, learn: boolean): void {
+    if (this.#queuedFor.get(p.key) === p) this.#queuedFor.delete(p.key);
+    if (learn) this.#counters?.written();
     this.#settled();
-  };
+  }
 
   readonly #settled = (): void => {
     this.#counters?.dequeued(1);
   };
 
-  /** A replayed write failed: queued again (counted pending again first) or dropped. */
-  #failedAgain(err: unknown, key: string, backend: string, ttl: number, sliding: boolean): void {
-    if (!this.#keep(err, key, backend, ttl, sliding, true)) this.#drop(1);
+  /** A replayed write failed: queued again (counted pending again first), dropped, or, superseded meanwhile, done with. */
+  #failedAgain(err: unknown, p: Pending, ttl: number): void {
+    if (p.superseded) {
+      if (p.backend !== '') this.#counters?.written();
+    } else {
+      if (this.#queuedFor.get(p.key) === p) this.#queuedFor.delete(p.key);
+      if (!this.#keep(err, p.key, p.backend, ttl, p.sliding, true)) this.#drop(1);
+    }
     this.#settled();
+  }
+
+  /** A write of `key` now: the one queued for it, if any, must not be replayed after it. */
+  #supersede(key: string): void {
+    const p = this.#queuedFor.get(key);
+    if (p === undefined) return;
+    p.superseded = true;
+    this.#queuedFor.delete(key);
   }
 
   #drop(n: number): void {
