@@ -114,7 +114,7 @@ export class MemcachedStore implements AffinityStore {
       this.#drop(1);
       return true;
     }
-    // A replay that failed again is the key's latest write unless one came since: then it was superseded, not kept.
+    // The key's queued write now: a later write of the key supersedes it (#supersede).
     const p: Pending = { key, backend, ttl, sliding, at: Date.now(), server: this.client.serverIndex(key), superseded: false };
     this.#queue.push(p);
     this.#queuedFor.set(key, p);
