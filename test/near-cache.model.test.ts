@@ -77,6 +77,59 @@ function run(ops: Op[], keys: number, entries: number, freshMs: number, exact: b
   }
 }
 
+/**
+ * One bucket (four entries): the model keeps its four ways in order, as the
+ * cache documents its policy: a key already in a way stays there; a new one
+ * takes the first free or forgotten way, else the way remembered for the
+ * shortest time. Every lookup then answers exactly what the model says,
+ * evictions included. The clock moves on at each set, so no two ways are
+ * remembered until the same instant.
+ */
+function runOneBucket(ops: Op[], freshMs: number): void {
+  const cache = new NearCache(new SharedArrayBuffer(nearCacheBytes(4)), 4, freshMs, REMEMBER_MS, SLOTS);
+  const ways: ({ key: number } & Entry | null)[] = [null, null, null, null];
+  let now = 1_000_000;
+  for (const [i, o] of ops.entries()) {
+    const key = `PHPSESSID:s${'key' in o ? o.key : 0}`;
+    const at = `op ${i} (${JSON.stringify(o)}) at +${now - 1_000_000} ms`;
+    if (o.op === 'wait') {
+      now += o.ms;
+      continue;
+    }
+    const w = ways.findIndex((x) => x !== null && x.key === o.key);
+    if (o.op === 'set') {
+      now += 1;
+      cache.set(key, NAMES[o.backend], now, o.adopt);
+      let v = w;
+      if (v < 0) {
+        v = ways.findIndex((x) => x === null || !(x.until > now));
+        if (v < 0) v = ways.reduce((best, x, k) => (x!.until < ways[best]!.until ? k : best), 0);
+      }
+      const adopt = o.adopt > 0 || w < 0 ? o.adopt : ways[w]!.adopt[0];
+      ways[v] = { key: o.key, backend: NAMES[o.backend], fresh: freshMs === 0 ? 0 : now + freshMs, until: now + REMEMBER_MS, adopt: [adopt] };
+    } else if (o.op === 'delete') {
+      cache.delete(key);
+      if (w >= 0) ways[w] = null;
+    } else {
+      const want = w < 0 ? null : ways[w];
+      const alive = want !== null && want.until > now;
+      const found = cache.get(key, now);
+      assert.equal(found, alive, `${at}: ${found ? `answered ${cache.backend}` : 'missed'}; the model's ways: ${JSON.stringify(ways)}`);
+      if (found) {
+        assert.equal(cache.backend, want!.backend, `${at}: the backend`);
+        assert.equal(cache.freshUntil, want!.fresh, `${at}: fresh until`);
+        assert.equal(cache.adoptAfter, want!.adopt[0], `${at}: adoption time`);
+      }
+    }
+  }
+}
+
+test('near cache, one bucket and eight keys: evictions follow the documented policy, and every lookup answers the model exactly', () => {
+  fc.assert(fc.property(fc.array(opArb(8), { maxLength: 120 }), fc.constantFrom(FRESH_MS, 0), (ops, freshMs) => {
+    runOneBucket(ops, freshMs);
+  }), { numRuns: 2000 });
+});
+
 test('near cache, at most four keys (nothing evicted): every lookup answers the model exactly', () => {
   fc.assert(fc.property(fc.array(opArb(4), { maxLength: 80 }), fc.constantFrom(FRESH_MS, 0), fc.constantFrom(1, 4, 64), (ops, freshMs, entries) => {
     run(ops, 4, entries, freshMs, true);
