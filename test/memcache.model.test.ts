@@ -58,10 +58,10 @@ const opArb: fc.Arbitrary<Operation> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('touch' as const), key: keyArb }) },
 );
 const tickArb: fc.Arbitrary<Tick> = fc.record({
-  ops: fc.array(opArb, { minLength: 1, maxLength: 20 }),
+  ops: fc.array(opArb, { minLength: 1, maxLength: 20, size: 'max' }),
   then: fc.constantFrom<Between>('await', 'yield', 'none'),
 });
-const programArb = fc.array(tickArb, { minLength: 1, maxLength: 10 });
+const programArb = fc.array(tickArb, { minLength: 1, maxLength: 10, size: 'max' });
 
 function describeHit(h: Hit | null): string {
   return h === null ? 'miss' : `hit(len=${h.value.length}, flags=${h.flags})`;
