@@ -9,7 +9,7 @@ import type { Dispatcher } from 'undici';
 import type { Backend, BackendSet } from './backends.ts';
 import type { Config } from './config.ts';
 import type { Logger } from './log.ts';
-import { LIVE_EJECTED, LIVE_UP, type SharedState } from './shared.ts';
+import { LIVE_UP, type SharedState } from './shared.ts';
 
 export type HealthOptions = Pick<Config, 'healthPath' | 'healthIntervalMs' | 'healthTimeoutMs' | 'healthRise' | 'healthFall' | 'ejectAfter' | 'ejectCooldownMs' | 'maxEjectionPercent' | 'ejectOn500'> & {
   /** PEM CA for https:// backends' checks. */
@@ -57,16 +57,9 @@ export class Health {
     if (o.ejectAfter === 0 || (appError && !o.ejectOn500) || state.liveness(b.slot) !== LIVE_UP) return;
     const failures = state.failed(b.slot);
     if (failures < o.ejectAfter) return;
-    const list = this.#backends.list;
-    let up = 0;
-    let ejected = 0;
-    for (const x of list) {
-      if (x.up) up++;
-      if (state.liveness(x.slot) === LIVE_EJECTED) ejected++;
-    }
-    if (b.up && up <= 1) return; // the last one up stays: a struggling backend beats none
-    if (ejected > 0 && (ejected + 1) * 100 > o.maxEjectionPercent * list.length) return;
-    if (!state.eject(b.slot, Date.now() + o.ejectCooldownMs)) return; // another loop ejected it
+    // The last one up stays (a struggling backend beats none), and at most --max-ejection-percent go.
+    const slots = this.#backends.list.map(slotOf);
+    if (!state.eject(b.slot, slots, Date.now() + o.ejectCooldownMs, o.maxEjectionPercent)) return;
     b.stats.ejections++;
     this.#log.warn({ backend: b.name, reason, failures, cooldownMs: o.ejectCooldownMs }, 'backend ejected');
   }
@@ -121,4 +114,8 @@ export class Health {
     t.unref();
     this.#timers.add(t);
   }
+}
+
+function slotOf(b: Backend): number {
+  return b.slot;
 }

@@ -10,6 +10,8 @@
 // one request as a read a moment earlier would. They run for every request
 // (the balancer's pick, a binding's backend is up), where Atomics.load, a
 // call into a V8 builtin, costs ~10 ns against ~2.
+import { lock, unlock } from './shared-lock.ts';
+
 export const MAX_LOOPS = 64;
 export const MAX_BACKENDS = 256;
 
@@ -42,8 +44,8 @@ export function sharedMemory(): SharedMemory {
     // Int32 words per slot, then one double per slot: the end of an ejection (Date.now()).
     backends: new SharedArrayBuffer(MAX_BACKENDS * WORDS * 4 + MAX_BACKENDS * 8),
     // Per loop: open client connections; then per loop and backend slot: requests
-    // in flight; then round robin's ticket.
-    counters: new SharedArrayBuffer(MAX_LOOPS * 4 + MAX_LOOPS * MAX_BACKENDS * 4 + 4),
+    // in flight; then round robin's ticket and the ejections' lock.
+    counters: new SharedArrayBuffer(MAX_LOOPS * 4 + MAX_LOOPS * MAX_BACKENDS * 4 + 8),
   };
 }
 
@@ -53,6 +55,7 @@ export class SharedState {
   readonly #open: Int32Array;
   readonly #active: Int32Array;
   readonly #ticket: Int32Array;
+  readonly #ejections: Int32Array;
   /** This loop's index: its own counters are written without atomics. */
   readonly loop: number;
 
@@ -62,6 +65,7 @@ export class SharedState {
     this.#open = new Int32Array(memory.counters, 0, MAX_LOOPS);
     this.#active = new Int32Array(memory.counters, MAX_LOOPS * 4, MAX_LOOPS * MAX_BACKENDS);
     this.#ticket = new Int32Array(memory.counters, MAX_LOOPS * 4 + MAX_LOOPS * MAX_BACKENDS * 4, 1);
+    this.#ejections = new Int32Array(memory.counters, MAX_LOOPS * 4 + MAX_LOOPS * MAX_BACKENDS * 4 + 4, 1);
     this.loop = loop;
   }
 
@@ -108,10 +112,31 @@ export class SharedState {
     else Atomics.store(this.#words, i, LIVE_DOWN);
   }
 
-  /** Ejects an up backend until `until` (Date.now()); false when it was not up (another loop got there first). */
-  eject(slot: number, until: number): boolean {
-    this.#ejectedUntil[slot] = until;
-    return Atomics.compareExchange(this.#words, slot * WORDS + LIVENESS, LIVE_UP, LIVE_EJECTED) === LIVE_UP;
+  /**
+   * Ejects backend `slot` until `until` (Date.now()), unless that would take
+   * the last of `slots` (the pool) that is up, or more than `maxPercent` of
+   * them (one may always go); true when it did, false too when it was not up
+   * (another loop got there first). One ejection is decided at a time in the
+   * process (a lock): two loops counting at once could each see room for one
+   * more and together take the pool's last backend, or past its percentage.
+   */
+  eject(slot: number, slots: readonly number[], until: number, maxPercent: number): boolean {
+    const token = lock(this.#ejections, 0);
+    let up = 0;
+    let ejected = 0;
+    for (const s of slots) {
+      const live = this.liveness(s);
+      if (live === LIVE_UP && this.admin(s) !== ADMIN_DISABLED) up++;
+      else if (live === LIVE_EJECTED) ejected++;
+    }
+    const w = this.#words;
+    let done = false;
+    if (!(this.admin(slot) !== ADMIN_DISABLED && up <= 1) && !(ejected > 0 && (ejected + 1) * 100 > maxPercent * slots.length)) {
+      this.#ejectedUntil[slot] = until;
+      done = Atomics.compareExchange(w, slot * WORDS + LIVENESS, LIVE_UP, LIVE_EJECTED) === LIVE_UP;
+    }
+    unlock(this.#ejections, 0, token);
+    return done;
   }
 
   /** Counts a failure; returns the consecutive failures so far, across loops. */
