@@ -22,6 +22,16 @@ type Op =
   | { op: 'wait'; ms: number };
 
 /** `maxTtl` and `waits` (its weight): short lives and many waits for expiry at the edges, long lives and few for full buckets. */
+/** The session key an operation names. */
+function keyOf(o: Op): string {
+  return `PHPSESSID:s${'key' in o ? o.key : 0}`;
+}
+
+/** Where a failure happened: the operation and the clock, for the message. */
+function where(i: number, o: Op, elapsedMs: number): string {
+  return `op ${i} (${JSON.stringify(o)}) at +${elapsedMs} ms`;
+}
+
 function opArb(keys: number, maxTtl = 5, waits = 2): fc.Arbitrary<Op> {
   const key = fc.nat(keys - 1);
   return fc.oneof(
@@ -42,8 +52,8 @@ function run(ops: Op[], entries: number, exact: boolean): void {
     // The store counts whole seconds, as memcached does.
     const now = (): number => Math.floor(Date.now() / 1000);
     for (const [i, o] of ops.entries()) {
-      const key = `PHPSESSID:s${'key' in o ? o.key : 0}`;
-      const at = `op ${i} (${JSON.stringify(o)}) at +${Date.now() - START} ms`;
+      const key = keyOf(o);
+      const at = where(i, o, Date.now() - START);
       if (o.op === 'wait') {
         mock.timers.tick(o.ms);
       } else if (o.op === 'set') {
@@ -85,8 +95,8 @@ function runOneBucket(ops: Op[]): void {
     const ways: ({ key: number } & Entry | null)[] = Array(8).fill(null);
     const now = (): number => Math.floor(Date.now() / 1000);
     for (const [i, o] of ops.entries()) {
-      const key = `PHPSESSID:s${'key' in o ? o.key : 0}`;
-      const at = `op ${i} (${JSON.stringify(o)}) at +${Date.now() - START} ms`;
+      const key = keyOf(o);
+      const at = where(i, o, Date.now() - START);
       if (o.op === 'wait') {
         mock.timers.tick(o.ms);
         continue;

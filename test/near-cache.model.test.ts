@@ -29,6 +29,16 @@ type Op =
 /** What the model knows of a key: its binding and times; `adopt` may be either of two values (see below). */
 interface Entry { backend: string; fresh: number; until: number; adopt: number[] }
 
+/** The session key an operation names. */
+function keyOf(o: Op): string {
+  return `PHPSESSID:s${'key' in o ? o.key : 0}`;
+}
+
+/** Where a failure happened: the operation and the clock, for the message. */
+function where(i: number, o: Op, elapsedMs: number): string {
+  return `op ${i} (${JSON.stringify(o)}) at +${elapsedMs} ms`;
+}
+
 function opArb(keys: number): fc.Arbitrary<Op> {
   const key = fc.nat(keys - 1);
   return fc.oneof(
@@ -44,8 +54,8 @@ function run(ops: Op[], keys: number, entries: number, freshMs: number, exact: b
   const model = new Map<number, Entry>();
   let now = 1_000_000;
   for (const [i, o] of ops.entries()) {
-    const key = `PHPSESSID:s${'key' in o ? o.key : 0}`;
-    const at = `op ${i} (${JSON.stringify(o)}) at +${now - 1_000_000} ms`;
+    const key = keyOf(o);
+    const at = where(i, o, now - 1_000_000);
     if (o.op === 'wait') {
       now += o.ms;
     } else if (o.op === 'set') {
@@ -91,8 +101,8 @@ function runOneBucket(ops: Op[], freshMs: number): void {
   const ways: ({ key: number } & Entry | null)[] = [null, null, null, null];
   let now = 1_000_000;
   for (const [i, o] of ops.entries()) {
-    const key = `PHPSESSID:s${'key' in o ? o.key : 0}`;
-    const at = `op ${i} (${JSON.stringify(o)}) at +${now - 1_000_000} ms`;
+    const key = keyOf(o);
+    const at = where(i, o, now - 1_000_000);
     if (o.op === 'wait') {
       now += o.ms;
       continue;
