@@ -61,7 +61,7 @@ export class Backend {
 
   /** Serves the sessions bound to it: live and not disabled. */
   get up(): boolean {
-    return this.#state.liveness(this.slot) === LIVE_UP && this.#state.admin(this.slot) !== ADMIN_DISABLED;
+    return this.#state.up(this.slot);
   }
 
   /** May be picked for a request without a usable binding: up, enabled, weight above 0. */

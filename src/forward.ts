@@ -712,7 +712,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
     this.#released = true;
     this.backend!.stats.statuses[101]++;
     // Its access line is written when the tunnel closes, with the tunnel's bytes and time (tunnelEnded).
-    new Tunnel(this, this.client, up, this.backend!, this.boundKey, out, rest);
+    new Tunnel(this, up, out, rest);
   }
 
   /** The tunnel this request became has closed: its access line, with what went through it. */

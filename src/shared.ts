@@ -122,21 +122,30 @@ export class SharedState {
    */
   eject(slot: number, slots: readonly number[], until: number, maxPercent: number): boolean {
     const token = lock(this.#ejections, 0);
-    let up = 0;
-    let ejected = 0;
-    for (const s of slots) {
-      const live = this.liveness(s);
-      if (live === LIVE_UP && this.admin(s) !== ADMIN_DISABLED) up++;
-      else if (live === LIVE_EJECTED) ejected++;
-    }
-    const w = this.#words;
     let done = false;
-    if (!(this.admin(slot) !== ADMIN_DISABLED && up <= 1) && !(ejected > 0 && (ejected + 1) * 100 > maxPercent * slots.length)) {
+    if (this.#mayEject(slot, slots, maxPercent)) {
       this.#ejectedUntil[slot] = until;
-      done = Atomics.compareExchange(w, slot * WORDS + LIVENESS, LIVE_UP, LIVE_EJECTED) === LIVE_UP;
+      done = Atomics.compareExchange(this.#words, slot * WORDS + LIVENESS, LIVE_UP, LIVE_EJECTED) === LIVE_UP;
     }
     unlock(this.#ejections, 0, token);
     return done;
+  }
+
+  /** Whether the pool can spare `slot`: it is not the last one up, and one more ejected stays within `maxPercent` (or is the first). */
+  #mayEject(slot: number, slots: readonly number[], maxPercent: number): boolean {
+    let up = 0;
+    let ejected = 0;
+    for (const s of slots) {
+      if (this.up(s)) up++;
+      else if (this.liveness(s) === LIVE_EJECTED) ejected++;
+    }
+    if (this.up(slot) && up <= 1) return false;
+    return ejected === 0 || (ejected + 1) * 100 <= maxPercent * slots.length;
+  }
+
+  /** Serves traffic: live and not disabled by the operator. */
+  up(slot: number): boolean {
+    return this.liveness(slot) === LIVE_UP && this.admin(slot) !== ADMIN_DISABLED;
   }
 
   /** Counts a failure; returns the consecutive failures so far, across loops. */

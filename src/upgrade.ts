@@ -30,12 +30,13 @@ export class Tunnel implements ConnectionUser {
   #in = 0;
   #out = 0;
 
-  /** `head` is the 101 for the client; `rest`, bytes the backend sent after it. */
-  constructor(request: Forward, client: ClientConnection, up: UpstreamConnection, backend: Backend, boundKey: string, head: Buffer, rest: Buffer | null) {
+  /** `request` became this tunnel, to its backend over `up`; `head` is the 101 for the client, `rest` bytes the backend sent after it. */
+  constructor(request: Forward, up: UpstreamConnection, head: Buffer, rest: Buffer | null) {
     this.#request = request;
-    this.client = client;
+    const client = this.client = request.client;
+    const backend = this.backend = request.backend!;
+    const boundKey = request.boundKey;
     this.up = up;
-    this.backend = backend;
     up.user = this;
     // The silence timeout rides on the backend connection's deadline, moved by every byte either way.
     this.#quiet();
