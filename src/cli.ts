@@ -183,10 +183,14 @@ function reload(proxy: StickyProxy, running: { values: FlagValues; tls: Config['
   // Turning TLS on or off changes the listener itself.
   const listenerChanged = (tls === null) !== (next.tls === null);
   const reloads = (k: FlagName): boolean => FLAGS[k].reload === true && !(listenerChanged && (k === 'tls-cert' || k === 'tls-key'));
-  const applied = changed.filter(reloads);
+  let applied = changed.filter(reloads);
   const waiting = changed.filter((k) => !reloads(k));
+  // Backends that could not be given slots stay as they were, and count as
+  // not yet applied: the next SIGHUP tries the same file again.
+  if (applied.some((k) => APPLY[k] === 'backends') && !proxy.applyBackends(next.backends)) {
+    applied = applied.filter((k) => APPLY[k] !== 'backends');
+  }
   const apply = (): void => {
-    if (applied.some((k) => APPLY[k] === 'backends')) proxy.applyBackends(next.backends);
     if (applied.some((k) => APPLY[k] === 'settings')) {
       proxy.applySettings(loopReload(next, applied.includes('tls-cert') || applied.includes('tls-key')));
       if (!listenerChanged) running.tls = next.tls;

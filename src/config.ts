@@ -10,6 +10,7 @@ import type { X509Certificate } from 'node:crypto';
 import { ConfigError, helpText, parseArgv, parseFile, withDefaults, type Given } from './flag-kit.ts';
 import { FLAGS, HELP_INTRO, bearerToken, type FlagValues } from './flags.ts';
 import type { HostPort } from './hostport.ts';
+import { MAX_BACKENDS } from './shared.ts';
 
 export { ConfigError } from './flag-kit.ts';
 
@@ -232,6 +233,8 @@ function loadCa(file: string): string {
 
 function build(v: FlagValues, given: Given<typeof FLAGS>): Config {
   const backends = v.backend;
+  // One slot each in the process's shared state (shared.ts).
+  if (backends.length > MAX_BACKENDS) throw new ConfigError('--backend', `${backends.length} backends; at most ${MAX_BACKENDS}`);
   const seen = new Set<string>();
   for (const b of backends) {
     if (seen.has(b.name)) throw new ConfigError('--backend', `duplicate name "${b.name}"`);

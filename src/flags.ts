@@ -7,6 +7,7 @@
 import { isIP } from 'node:net';
 import type { BackendConfig } from './config.ts';
 import { ConfigError, hostPort, hostPortList, int, many, one, oneOf, opt, path, sw, text, type Kind, type Values } from './flag-kit.ts';
+import { MAX_BACKENDS } from './shared.ts';
 
 const BACKEND_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 /** The highest --backend weight, which the admin API's weight endpoint also takes. */
@@ -110,7 +111,7 @@ export const FLAGS = {
   }),
   backend: many(backend(), {
     section: 'Routing and affinity', default: [], shownDefault: 'demo', reload: true,
-    help: 'a backend. NAME is `[A-Za-z0-9_.-]{1,64}` and is what memcached stores; URL is an origin (`http://host:port` or `https://…`); weight 0–1000, default 1. Weight 0 serves only sessions already bound to it. With no backend, the demo starts: two session origins behind the proxy.',
+    help: 'a backend. NAME is `[A-Za-z0-9_.-]{1,64}` and is what memcached stores; URL is an origin (`http://host:port` or `https://…`); weight 0–1000, default 1. Weight 0 serves only sessions already bound to it. At most ' + MAX_BACKENDS + ' backends. With no backend, the demo starts: two session origins behind the proxy.',
   }),
   'session-cookie': many(text('NAME', COOKIE_NAME, 'a cookie name (RFC 6265 token)'), {
     section: 'Routing and affinity', default: ['connect.sid', 'PHPSESSID', 'JSESSIONID', 'ASP.NET_SessionId', 'sessionid'], reload: true,

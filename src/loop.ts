@@ -26,6 +26,7 @@ import { NearCache } from './near-cache.ts';
 import { RequestIds, requestIdHeader } from './request-id.ts';
 import { Resolver, describeStore } from './resolver.ts';
 import { SharedState, type SharedMemory } from './shared.ts';
+import type { SlottedConfig } from './slot-table.ts';
 import { LoopStats, ResolverStats } from './stats.ts';
 import { EmbeddedStore } from './store/embedded.ts';
 import { MemcachedStore } from './store/memcached.ts';
@@ -44,7 +45,7 @@ export interface LoopSettings {
   loops: number;
   config: Config;
   /** The backends with their slots in the shared state (URLs as text: they cross threads). */
-  backends: { name: string; url: string; weight: number; slot: number }[];
+  backends: SlottedConfig[];
   /** The port to listen on: the first loop's, once it has one (--listen with port 0). */
   port: number;
   shared: SharedMemory;
@@ -138,6 +139,8 @@ export class Loop {
   readonly state: SharedState;
   readonly backends: BackendSet;
   readonly affinity: Affinity;
+  /** Bindings remembered in front of memcached, shared by every loop; null without memcached. */
+  readonly near: NearCache | null;
   readonly health: Health;
   readonly acceptor: Acceptor;
   readonly ctx: ProxyContext;
@@ -174,7 +177,7 @@ export class Loop {
       ca: config.backendCaPem,
     };
     this.backends = new BackendSet(slotted(s.backends), this.#upstream, this.deadlines, this.state);
-    const near = s.near === null || affinityOff
+    const near = this.near = s.near === null || affinityOff
       ? null
       : new NearCache(s.near, config.nearCacheEntries, config.nearCacheTtlMs, config.defaultTtl * 1000, this.backends);
     this.affinity = new Affinity({
@@ -270,6 +273,11 @@ export class Loop {
       resolverMetrics(this.resolverStats, store instanceof MemcachedStore ? { queued: store.queued, dropped: store.dropped } : null),
       ...(this.runner instanceof PoolRunner ? [workerPoolMetrics(this.runner.pool)] : []),
     ];
+  }
+
+  /** The main thread is about to give backend slot `slot` to another backend: what the near cache remembers of it goes. */
+  forgetBackend(slot: number): void {
+    this.near?.forgetBackend(slot);
   }
 
   /** A reload's backend list (slots assigned by the main thread). */

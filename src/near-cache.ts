@@ -198,6 +198,25 @@ export class NearCache {
     unlock(this.#locks, bucket, token);
   }
 
+  /**
+   * Forgets every binding to the backend in slot `ref`, which is about to be
+   * given to another backend. No loop writes `ref` any more (none has its
+   * backend), so only the ways that hold it now need clearing; a lookup
+   * racing the clearing fails its seal check, as it would racing a delete.
+   */
+  forgetBackend(ref: number): void {
+    const words = this.#words;
+    for (let bucket = 0; bucket <= this.#mask; bucket++) {
+      const hw = (this.#base + bucket * BUCKET_BYTES) / 4;
+      for (let w = 0; w < WAYS; w++) {
+        if (words[hw + TAG + w] === 0 || words[hw + BACKEND + w] !== ref) continue;
+        const token = lock(this.#locks, bucket);
+        if (words[hw + BACKEND + w] === ref) words[hw + TAG + w] = 0;
+        unlock(this.#locks, bucket, token);
+      }
+    }
+  }
+
   /** The intact way of the bucket at byte `at` holding the key of first hash `h` and fingerprint `print`, or -1. */
   #find(at: number, tag: number, print: number, h: number): number {
     const words = this.#words;

@@ -14,6 +14,7 @@ import type { AffinityReadiness } from './admin.ts';
 import { processRegistry, scrape, storeServerMetrics, type MetricJson } from './metrics.ts';
 import { nearCacheBytes } from './near-cache.ts';
 import { MAX_BACKENDS, MAX_LOOPS, SharedState, sharedMemory, type SharedMemory } from './shared.ts';
+import { SlotTable } from './slot-table.ts';
 import { embeddedStoreBytes } from './store/embedded.ts';
 import { outageCountersMemory } from './store/outage.ts';
 import { StoreWatch } from './store/watch.ts';
@@ -25,7 +26,7 @@ const SCRAPE_WAIT_MS = 1000;
 
 /** Messages the main thread sends a loop thread, and what a loop thread answers. */
 export type ToLoop =
-  | { type: 'backends'; backends: LoopSettings['backends'] }
+  | { type: 'backends'; backends: LoopSettings['backends']; generation: number }
   | { type: 'reload'; settings: LoopReload }
   | { type: 'metrics'; id: number }
   | { type: 'close'; timeoutMs: number; graceMs: number }
@@ -34,6 +35,7 @@ export type ToLoop =
   | { type: 'crash' };
 export type FromLoop =
   | { type: 'ready' }
+  | { type: 'applied'; generation: number }
   | { type: 'metrics'; id: number; parts: MetricJson[][] }
   | { type: 'closed' }
   | { type: 'failed'; flag: string; message: string };
@@ -43,10 +45,13 @@ class LoopThread {
   readonly index: number;
   worker: Worker;
   closing = false;
+  /** The newest backend list (its generation) this loop has applied. */
+  applied: number;
 
-  constructor(index: number, worker: Worker) {
+  constructor(index: number, worker: Worker, applied: number) {
     this.index = index;
     this.worker = worker;
+    this.applied = applied;
   }
 
   send(m: ToLoop): void {
@@ -70,12 +75,11 @@ export class StickyProxy {
   /** Loops restarted after a crash. */
   restarts = 0;
   readonly #settings: Omit<LoopSettings, 'index'>;
-  readonly #slots = new Map<string, { slot: number; url: string }>();
-  #nextSlot = 0;
+  readonly #slots: SlotTable;
   #scrapeId = 0;
   readonly #scrapes = new Map<number, (parts: MetricJson[][]) => void>();
 
-  private constructor(config: Config, log: Logger, memory: SharedMemory, loop: Loop, settings: Omit<LoopSettings, 'index'>, slots: Map<string, { slot: number; url: string }>) {
+  private constructor(config: Config, log: Logger, memory: SharedMemory, loop: Loop, settings: Omit<LoopSettings, 'index'>, slots: SlotTable) {
     this.config = config;
     this.log = log;
     this.memory = memory;
@@ -83,7 +87,6 @@ export class StickyProxy {
     this.loop = loop;
     this.#settings = settings;
     this.#slots = slots;
-    this.#nextSlot = slots.size;
     this.storeDescription = loop.storeDescription;
   }
 
@@ -91,12 +94,8 @@ export class StickyProxy {
     if (config.threads > MAX_LOOPS) throw new ConfigError('--threads', `at most ${MAX_LOOPS}`);
     const memory = sharedMemory();
     const state = new SharedState(memory, 0);
-    const slots = new Map<string, { slot: number; url: string }>();
-    const backends = config.backends.map((b, slot) => {
-      state.claim(slot, b.weight);
-      slots.set(b.name, { slot, url: b.url.href });
-      return { name: b.name, url: b.url.href, weight: b.weight, slot };
-    });
+    const slots = new SlotTable(state);
+    const backends = slots.initial(config.backends);
     const affinityOn = config.sessionCookies.length > 0;
     const settings: Omit<LoopSettings, 'index'> = {
       loops: config.threads,
@@ -154,7 +153,8 @@ export class StickyProxy {
   /** Starts loop `index` in a worker thread; resolves once it listens. */
   #startThread(index: number): Promise<void> {
     const worker = new Worker(LOOP, { workerData: { ...this.#settings, index } satisfies LoopSettings });
-    const t = new LoopThread(index, worker);
+    // It starts with the current backend list.
+    const t = new LoopThread(index, worker, this.#slots.generation);
     this.threads[index - 1] = t;
     return new Promise<void>((resolve, reject) => {
       let ready = false;
@@ -166,6 +166,8 @@ export class StickyProxy {
           reject(new ConfigError(m.flag, m.message));
         } else if (m.type === 'metrics') {
           this.#scrapes.get(m.id)?.([...m.parts]);
+        } else if (m.type === 'applied') {
+          t.applied = m.generation;
         }
       });
       worker.on('error', (err: Error) => {
@@ -183,39 +185,27 @@ export class StickyProxy {
     });
   }
 
-  /** Applies a new backend list (a SIGHUP reload) in every loop, without dropping a connection. */
-  applyBackends(configs: BackendConfig[]): void {
-    const list: LoopSettings['backends'] = [];
-    const added: string[] = [];
-    const reweighted: string[] = [];
-    for (const c of configs) {
-      let s = this.#slots.get(c.name);
-      if (s === undefined || s.url !== c.url.href) {
-        // A new backend, or one at another address: a fresh slot, never one still in use.
-        if (this.#nextSlot >= MAX_BACKENDS) {
-          this.log.error({ backend: c.name, max: MAX_BACKENDS }, 'reload: no backend slot left in this process; restart it to apply');
-          return;
-        }
-        s = { slot: this.#nextSlot++, url: c.url.href };
-        this.#slots.set(c.name, s);
-        this.state.claim(s.slot, c.weight);
-        added.push(c.name);
-      } else if (this.state.weight(s.slot) !== c.weight) {
-        this.state.setWeight(s.slot, c.weight);
-        reweighted.push(c.name);
-      }
-      list.push({ name: c.name, url: c.url.href, weight: c.weight, slot: s.slot });
+  /**
+   * Applies a new backend list (a SIGHUP reload) in every loop, without
+   * dropping a connection; false, with nothing changed, when the process has
+   * too few backend slots left for it (removed backends still serving
+   * requests hold theirs).
+   */
+  applyBackends(configs: BackendConfig[]): boolean {
+    let applied = this.#slots.generation;
+    for (const t of this.threads) if (!t.closing && t.applied < applied) applied = t.applied;
+    const changes = this.#slots.apply(configs, applied, (slot) => this.loop.forgetBackend(slot));
+    if (changes === null) {
+      this.log.error({ max: MAX_BACKENDS }, 'reload: too few backend slots free (removed backends still serving requests hold theirs); the backends were not changed');
+      return false;
     }
-    const wanted = new Set(configs.map((c) => c.name));
-    const removed = [...this.#slots.keys()].filter((name) => !wanted.has(name));
-    for (const name of removed) {
-      this.state.release(this.#slots.get(name)!.slot);
-      this.#slots.delete(name);
-    }
+    const { list, added, removed, reweighted } = changes;
+    const generation = this.#slots.generation;
     this.#settings.backends = list;
     this.loop.applyBackends(list);
-    for (const t of this.threads) t.send({ type: 'backends', backends: list });
+    for (const t of this.threads) t.send({ type: 'backends', backends: list, generation });
     this.log.info({ added, removed, reweighted }, 'backends reloaded');
+    return true;
   }
 
   /** Applies a SIGHUP's reloadable settings in every loop; a loop restarted later starts with them too. */

@@ -59,6 +59,12 @@ test('the CLI prints the error as one line and exits 2 without starting', async 
   assert.match(lines[0], /^sticky-proxy: --balance: /);
 });
 
+test('more backends than the process has slots for (256) -> one line naming --backend, not a failure at start', () => {
+  const flags = (n: number): string[] => Array.from({ length: n }, (_, i) => ['--backend', `b${i}=http://127.0.0.1:${1000 + i}`]).flat();
+  assert.equal(parseConfig(flags(256))?.backends.length, 256);
+  assert.throws(() => parseConfig(flags(257)), { message: '--backend: 257 backends; at most 256' });
+});
+
 test('a backend\'s weight out of range names the backend and the weight', () => {
   for (const w of ['1001', '-1', '1.5']) {
     assert.throws(() => parseConfig(['--backend', `srv1=http://127.0.0.1:1,weight=${w}`]),

@@ -1,7 +1,8 @@
 // Model-based property test of the near cache (src/near-cache.ts), the shared
 // table every event loop routes by: random programs of sets (with and without
 // an adoption time), deletes and lookups, with the clock moving on between
-// them, against a Map of what each key was last told. A lookup may miss a key
+// them, and the forgetting of every binding to one backend (its slot is
+// about to be given to another), against a Map of what each key was last told. A lookup may miss a key
 // the table had to evict (a bucket holds four), but what it answers must be
 // the key's own last binding, with its fresh and remembered times and its
 // adoption time: never a deleted, overwritten, expired or other key's one.
@@ -24,6 +25,7 @@ type Op =
   | { op: 'set'; key: number; backend: number; adopt: number }
   | { op: 'delete'; key: number }
   | { op: 'get'; key: number }
+  | { op: 'forget'; backend: number }
   | { op: 'wait'; ms: number };
 
 /** What the model knows of a key: its binding and times; `adopt` may be either of two values (see below). */
@@ -45,6 +47,7 @@ function opArb(keys: number): fc.Arbitrary<Op> {
     { weight: 4, arbitrary: fc.record({ op: fc.constant('set' as const), key, backend: fc.nat(NAMES.length - 1), adopt: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 10_000 })) }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant('delete' as const), key }) },
     { weight: 4, arbitrary: fc.record({ op: fc.constant('get' as const), key }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('forget' as const), backend: fc.nat(NAMES.length - 1) }) },
     { weight: 2, arbitrary: fc.record({ op: fc.constant('wait' as const), ms: fc.oneof(fc.integer({ min: 0, max: 1500 }), fc.constantFrom(FRESH_MS, REMEMBER_MS, REMEMBER_MS - 1)) }) },
   );
 }
@@ -72,6 +75,9 @@ function run(ops: Op[], keys: number, entries: number, freshMs: number, exact: b
     } else if (o.op === 'delete') {
       cache.delete(key);
       model.delete(o.key);
+    } else if (o.op === 'forget') {
+      cache.forgetBackend(o.backend);
+      for (const [k, e] of model) if (e.backend === NAMES[o.backend]) model.delete(k);
     } else {
       const want = model.get(o.key);
       const alive = want !== undefined && want.until > now;
@@ -105,6 +111,12 @@ function runOneBucket(ops: Op[], freshMs: number): void {
     const at = where(i, o, now - 1_000_000);
     if (o.op === 'wait') {
       now += o.ms;
+      continue;
+    }
+    if (o.op === 'forget') {
+      // The ways it frees are free again, first in line for the next new key.
+      cache.forgetBackend(o.backend);
+      for (let v = 0; v < ways.length; v++) if (ways[v]?.backend === NAMES[o.backend]) ways[v] = null;
       continue;
     }
     const w = ways.findIndex((x) => x !== null && x.key === o.key);

@@ -26,6 +26,8 @@ port.on('message', (m: ToLoop) => {
   switch (m.type) {
     case 'backends':
       loop.applyBackends(m.backends);
+      // From now on this loop routes to none of the backends the list removed.
+      send({ type: 'applied', generation: m.generation });
       break;
     case 'reload':
       loop.reload(m.settings);
