@@ -6,6 +6,7 @@
 import { LOOKUP_CODES, emptyBatch, type AffinityAnswer, type AffinityBatch, type BindReason, type LookupOutcome } from './batch.ts';
 import type { NearCache } from './near-cache.ts';
 import type { LoopStats, ResolverStats } from './stats.ts';
+import { monotonicMs } from './clock.ts';
 
 /** Told where a request's session is bound (backend '' unless 'hit'). */
 export interface LookupWaiter {
@@ -86,7 +87,7 @@ export class Affinity {
     }
     const near = this.near;
     if (near !== null) {
-      const now = Date.now();
+      const now = monotonicMs();
       let k = 0;
       for (;;) {
         const nl = keys.indexOf('\n', k);
@@ -128,7 +129,7 @@ export class Affinity {
   /** Where this instance last knew `key` to be bound, fresh or not ('' if nowhere). */
   remembered(key: string): string {
     const near = this.near;
-    return near !== null && near.get(key, Date.now()) ? near.backend : '';
+    return near !== null && near.get(key, monotonicMs()) ? near.backend : '';
   }
 
   /**
@@ -140,7 +141,7 @@ export class Affinity {
   bind(key: string, backend: string, reason: BindReason): void {
     const near = this.near;
     if (near !== null) {
-      const now = Date.now();
+      const now = monotonicMs();
       const adopt = reason === 'adopt';
       if (adopt && near.get(key, now) && near.backend === backend && near.adoptAfter > now) return;
       near.set(key, backend, now, adopt ? now + this.#adoptEveryMs : 0);
@@ -237,7 +238,7 @@ class Flight implements BatchDeadline {
     if (this.#finish()) return;
     const near = this.near;
     if (near !== null) {
-      const now = Date.now();
+      const now = monotonicMs();
       for (let i = 0; i < a.outcomes.length; i++) if (a.outcomes[i] === 1) near.set(a.keys[i], a.backends[i], now);
       // Learns and unbinds reach the near cache before their answers reach the client.
       for (let j = 0; j < a.learnt.length; j++) {

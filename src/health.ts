@@ -10,6 +10,7 @@ import type { Backend, BackendSet } from './backends.ts';
 import type { Config } from './config.ts';
 import type { Logger } from './log.ts';
 import { LIVE_UP, type SharedState } from './shared.ts';
+import { monotonicMs } from './clock.ts';
 
 export type HealthOptions = Pick<Config, 'healthPath' | 'healthIntervalMs' | 'healthTimeoutMs' | 'healthRise' | 'healthFall' | 'ejectAfter' | 'ejectCooldownMs' | 'maxEjectionPercent' | 'ejectOn500'> & {
   /** PEM CA for https:// backends' checks. */
@@ -59,7 +60,7 @@ export class Health {
     if (failures < o.ejectAfter) return;
     // The last one up stays (a struggling backend beats none), and at most --max-ejection-percent go.
     const slots = this.#backends.list.map(slotOf);
-    if (!state.eject(b.slot, slots, Date.now() + o.ejectCooldownMs, o.maxEjectionPercent)) return;
+    if (!state.eject(b.slot, slots, monotonicMs() + o.ejectCooldownMs, o.maxEjectionPercent)) return;
     b.stats.ejections++;
     this.#log.warn({ backend: b.name, reason, failures, cooldownMs: o.ejectCooldownMs }, 'backend ejected');
   }

@@ -338,11 +338,11 @@ export class Loop {
     const ctx = this.ctx;
     ctx.closing = true;
     this.acceptor.listener.close();
-    const deadline = Date.now() + timeoutMs;
+    const deadline = performance.now() + timeoutMs;
     for (;;) {
       const now = performance.now();
       for (const c of ctx.clients) if (c.idle && now - c.idleSince >= graceMs) c.destroy();
-      if (ctx.clients.size === 0 || Date.now() >= deadline) break;
+      if (ctx.clients.size === 0 || performance.now() >= deadline) break;
       await sleep(25);
     }
     if (ctx.clients.size > 0) {

@@ -28,7 +28,7 @@
 //     a way torn by a thread that died mid-write, or read while it is being
 //     written, reads as free
 // then, per way, three doubles (fresh until, remembered until, and when an
-// adoption of the key may next be written; Date.now() milliseconds).
+// adoption of the key may next be written; monotonicMs() milliseconds, clock.ts).
 //
 // Writers lock the bucket (src/shared-lock.ts); readers do not. A read checks
 // the way's seal against what it read, so one that races a write sees the

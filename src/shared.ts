@@ -11,6 +11,7 @@
 // (the balancer's pick, a binding's backend is up), where Atomics.load, a
 // call into a V8 builtin, costs ~10 ns against ~2.
 import { lock, unlock } from './shared-lock.ts';
+import { monotonicMs } from './clock.ts';
 
 export const MAX_LOOPS = 64;
 export const MAX_BACKENDS = 256;
@@ -41,7 +42,7 @@ export interface SharedMemory {
 
 export function sharedMemory(): SharedMemory {
   return {
-    // Int32 words per slot, then one double per slot: the end of an ejection (Date.now()).
+    // Int32 words per slot, then one double per slot: the end of an ejection (monotonicMs()).
     backends: new SharedArrayBuffer(MAX_BACKENDS * WORDS * 4 + MAX_BACKENDS * 8),
     // Per loop: open client connections; then per loop and backend slot: requests
     // in flight; then round robin's ticket and the ejections' lock.
@@ -94,7 +95,7 @@ export class SharedState {
   liveness(slot: number): number {
     const w = this.#words;
     const live = w[slot * WORDS + LIVENESS];
-    if (live !== LIVE_EJECTED || Date.now() < this.#ejectedUntil[slot]) return live;
+    if (live !== LIVE_EJECTED || monotonicMs() < this.#ejectedUntil[slot]) return live;
     if (Atomics.compareExchange(w, slot * WORDS + LIVENESS, LIVE_EJECTED, LIVE_UP) === LIVE_EJECTED) {
       Atomics.store(w, slot * WORDS + FAILURES, 0);
       this.onReturn?.(slot);
@@ -113,7 +114,7 @@ export class SharedState {
   }
 
   /**
-   * Ejects backend `slot` until `until` (Date.now()), unless that would take
+   * Ejects backend `slot` until `until` (monotonicMs()), unless that would take
    * the last of `slots` (the pool) that is up, or more than `maxPercent` of
    * them (one may always go); true when it did, false too when it was not up
    * (another loop got there first). One ejection is decided at a time in the

@@ -1,7 +1,7 @@
 // Model-based property test of the embedded store (src/store/embedded.ts), the
 // store without --memcache: random programs of sets (fixed or sliding
-// lifetimes), deletes and lookups, with the clock (Node's mocked Date) moving
-// on between them, against a Map that applies memcached's rules: an item
+// lifetimes), deletes and lookups, with the clock (Node's mocked Date, given
+// to the store as its clock) moving on between them, against a Map that applies memcached's rules: an item
 // lives until its expiry, and a lookup of a sliding one moves its expiry to
 // now + its TTL. A lookup may miss a key its bucket had to give up (eight
 // ways), but what it answers must be the key's own live binding; with at
@@ -47,7 +47,7 @@ interface Entry { backend: string; expiry: number; sliding: number }
 function run(ops: Op[], entries: number, exact: boolean): void {
   mock.timers.enable({ apis: ['Date'], now: START });
   try {
-    const store = new EmbeddedStore(new SharedArrayBuffer(embeddedStoreBytes(entries)));
+    const store = new EmbeddedStore(new SharedArrayBuffer(embeddedStoreBytes(entries)), () => Math.floor(Date.now() / 1000));
     const model = new Map<number, Entry>();
     // The store counts whole seconds, as memcached does.
     const now = (): number => Math.floor(Date.now() / 1000);
@@ -91,7 +91,7 @@ function run(ops: Op[], entries: number, exact: boolean): void {
 function runOneBucket(ops: Op[]): void {
   mock.timers.enable({ apis: ['Date'], now: START });
   try {
-    const store = new EmbeddedStore(new SharedArrayBuffer(embeddedStoreBytes(8)));
+    const store = new EmbeddedStore(new SharedArrayBuffer(embeddedStoreBytes(8)), () => Math.floor(Date.now() / 1000));
     const ways: ({ key: number } & Entry | null)[] = Array(8).fill(null);
     const now = (): number => Math.floor(Date.now() / 1000);
     for (const [i, o] of ops.entries()) {

@@ -25,6 +25,7 @@
 import { FNV_OFFSET, LANE2_OFFSET, LANE2_PRIME, fmix32, fnvStep } from '../hash.ts';
 import { lock, unlock } from '../shared-lock.ts';
 import type { AffinityStore } from './store.ts';
+import { monotonicMs } from '../clock.ts';
 
 const WAYS = 8;
 const NAME_BYTES = 64;
@@ -34,11 +35,9 @@ const NAME_LEN = 6;
 const SEAL = 7;
 const NAME = 8;
 const SLOT_WORDS = NAME + NAME_BYTES / 4;
-// Expiries are seconds since 2025-01-01, which fit an Int32 for decades.
-const EPOCH = 1735689600;
-
-function nowSeconds(): number {
-  return Math.floor(Date.now() / 1000) - EPOCH;
+/** Expiries are whole seconds of the process's monotonic clock (clock.ts), which fit an Int32 for decades of uptime. */
+function monotonicSeconds(): number {
+  return Math.floor(monotonicMs() / 1000);
 }
 
 /** Bytes of shared memory needed for maxEntries bindings. */
@@ -59,9 +58,11 @@ export class EmbeddedStore implements AffinityStore {
   readonly #slots: Int32Array;
   readonly #bytes: Uint8Array;
   readonly #mask: number;
+  readonly #now: () => number;
 
-  /** Every thread wraps the same SharedArrayBuffer, made by embeddedStoreBytes(). */
-  constructor(memory: SharedArrayBuffer) {
+  /** Every thread wraps the same SharedArrayBuffer, made by embeddedStoreBytes(); `now` is in seconds (tests give their own). */
+  constructor(memory: SharedArrayBuffer, now: () => number = monotonicSeconds) {
+    this.#now = now;
     const words = memory.byteLength / 4;
     const buckets = words / (1 + WAYS * SLOT_WORDS);
     if (!Number.isInteger(buckets) || (buckets & (buckets - 1)) !== 0) throw new Error('embedded store memory has the wrong size');
@@ -80,7 +81,7 @@ export class EmbeddedStore implements AffinityStore {
   lookup(key: string): string | null {
     const d = digest(key);
     const bucket = d[0] & this.#mask;
-    const now = nowSeconds();
+    const now = this.#now();
     const s = this.#slots;
     const bytes = this.#bytes;
     let len = -1;
@@ -120,7 +121,7 @@ export class EmbeddedStore implements AffinityStore {
     if (backend.length > NAME_BYTES) return Promise.reject(new Error('backend name too long for the embedded store'));
     const d = digest(key);
     const bucket = d[0] & this.#mask;
-    const now = nowSeconds();
+    const now = this.#now();
     const expiry = now + ttl;
     const slidingTtl = sliding ? ttl : 0;
     // Sealed before locking: the seal is of what this call means to write.

@@ -4,6 +4,7 @@
 import { MemcacheClient, MemcacheError, exptimeForTtl } from '../memcache/client.ts';
 import { OutageCounters } from './outage.ts';
 import type { AffinityStore } from './store.ts';
+import { monotonicMs } from '../clock.ts';
 
 // A sliding binding is refreshed at most once per this fraction of its TTL per
 // thread: "use refreshes it, cheaply" without a write on every request.
@@ -73,7 +74,7 @@ export class MemcachedStore implements AffinityStore {
 
   set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void> {
     if (this.#queuedFor.size > 0) this.#supersede(key);
-    if (sliding) this.#remember(key, ttl, Date.now());
+    if (sliding) this.#remember(key, ttl, monotonicMs());
     // memcached reads an exptime beyond 30 days as a Unix time, hence exptimeForTtl.
     return this.client.set(key, backend, exptimeForTtl(ttl), sliding ? ttl : 0).catch((err: unknown) => {
       if (!this.#keep(err, key, backend, ttl, sliding, false)) throw err;
@@ -115,7 +116,7 @@ export class MemcachedStore implements AffinityStore {
       return true;
     }
     // The key's queued write now: a later write of the key supersedes it (#supersede).
-    const p: Pending = { key, backend, ttl, sliding, at: Date.now(), server: this.client.serverIndex(key), superseded: false };
+    const p: Pending = { key, backend, ttl, sliding, at: monotonicMs(), server: this.client.serverIndex(key), superseded: false };
     this.#queue.push(p);
     this.#queuedFor.set(key, p);
     this.#counters?.queued(backend !== '', again);
@@ -134,7 +135,7 @@ export class MemcachedStore implements AffinityStore {
     }
     const queue = this.#queue;
     this.#queue = [];
-    const now = Date.now();
+    const now = monotonicMs();
     // A replayed write stays pending until memcached answers it, so the
     // outage report (store/watch.ts) waits for the answers it counts.
     for (const p of queue) {
@@ -204,7 +205,7 @@ export class MemcachedStore implements AffinityStore {
   }
 
   #slide(key: string, ttl: number): void {
-    const now = Date.now();
+    const now = monotonicMs();
     const due = this.#refreshAfter.get(key);
     if (due !== undefined && now < due) return;
     this.#remember(key, ttl, now);

@@ -10,6 +10,7 @@
 import type { Logger } from '../log.ts';
 import { MemcacheClient, type MemcacheError } from '../memcache/client.ts';
 import { OutageCounters, type OutageCounts } from './outage.ts';
+import { monotonicMs } from '../clock.ts';
 
 // A server silent this long, three NOOPs in a row, is marked down: generous
 // beside --store-timeout, so a busy machine does not make the watch cry wolf.
@@ -85,10 +86,10 @@ export class StoreWatch {
       // First heard at start-up: nothing to say.
       if (since === undefined) return;
       this.#downSince.delete(server);
-      this.#log.warn({ server, downMs: Date.now() - since }, 'memcached server back');
+      this.#log.warn({ server, downMs: monotonicMs() - since }, 'memcached server back');
     } else {
       if (since !== undefined) return;
-      const now = Date.now();
+      const now = monotonicMs();
       this.#downSince.set(server, now);
       // The message without the address it starts with: the line has it.
       const err = cause === null ? 'unknown' : cause.message.startsWith(`${server}: `) ? cause.message.slice(server.length + 2) : cause.message;
@@ -110,7 +111,7 @@ export class StoreWatch {
     const prev = this.#state;
     if (next === prev) return;
     this.#state = next;
-    const now = Date.now();
+    const now = monotonicMs();
     if (RANK[next] > RANK[prev]) {
       this.#outage ??= { since: now, base: this.#base, backAt: 0 };
       // Worse again before the queues drained: the same outage goes on, reported once it ends.
@@ -139,7 +140,7 @@ export class StoreWatch {
       this.#drainTimer = undefined;
       const outage = this.#outage!;
       const pending = this.#counters.pending;
-      if (pending > 0 && Date.now() - outage.backAt < DRAIN_WAIT_MS) {
+      if (pending > 0 && monotonicMs() - outage.backAt < DRAIN_WAIT_MS) {
         this.#awaitDrain();
         return;
       }
