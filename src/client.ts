@@ -29,9 +29,12 @@ const CLOSING = 3;
 /** --accept-proxy: waiting for the PROXY protocol header. */
 const PREAMBLE = 4;
 
-// Why reading is paused: the backend is not taking the body yet, or enough is read ahead.
+// Why reading is paused: the backend is not taking the body yet, enough is
+// read ahead, or the client is not taking its answers (no next request
+// starts until it does, so pipelined requests cannot pile answers up here).
 const PAUSE_BODY = 1;
 const PAUSE_AHEAD = 2;
+const PAUSE_OUTPUT = 4;
 /** Bytes read beyond the request being served before reading stops. */
 const READ_AHEAD = 64 * 1024;
 /**
@@ -165,7 +168,7 @@ export class ClientConnection implements Timed {
     this.#state = CLOSING;
     this.#rest = null;
     this.deadline = performance.now() + LINGER_MS;
-    this.#pause(PAUSE_BODY | PAUSE_AHEAD, false);
+    this.#pause(PAUSE_BODY | PAUSE_AHEAD | PAUSE_OUTPUT, false);
     this.socket.end();
   }
 
@@ -296,7 +299,7 @@ export class ClientConnection implements Timed {
         this.deadline = f.bodyDone ? Infinity : this.deadline;
         if (start < buf.length) this.#stash(buf.subarray(start));
         f.start();
-        if (this.forward !== null || this.#state !== HEAD) return;
+        if (this.forward !== null || this.#state !== HEAD || (this.#pauses & PAUSE_OUTPUT) !== 0) return;
         // Answered at once (a 503, say): go on with what follows.
         if (this.#rest === null) return;
         buf = this.#rest;
@@ -363,10 +366,22 @@ export class ClientConnection implements Timed {
     }
     this.#state = HEAD;
     this.#pause(PAUSE_BODY | PAUSE_AHEAD, false);
-    const rest = this.#rest;
     this.idleSince = performance.now();
-    this.deadline = this.idleSince + (rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
+    if (!this.canWrite) {
+      // The answers written are not being taken: the next request waits for
+      // the drain (drained()), as long as an idle connection may.
+      this.#pause(PAUSE_OUTPUT, true);
+      this.deadline = this.idleSince + this.ctx.clientIdleTimeoutMs;
+      return;
+    }
+    this.deadline = this.idleSince + (this.#rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
     if (this.#parsing) return; // the parse loop that started it goes on
+    this.#next();
+  }
+
+  /** Between requests: the next one, read ahead already, or the close the client asked for. */
+  #next(): void {
+    const rest = this.#rest;
     if (rest !== null) {
       this.#rest = null;
       this.#parse(rest);
@@ -451,7 +466,8 @@ export class ClientConnection implements Timed {
       this.socket.destroy();
       return;
     }
-    if (f === null) this.end();
+    // Waiting for the client to take its answers: the requests it sent before its FIN are served first (drained()).
+    if (f === null && (this.#pauses & PAUSE_OUTPUT) === 0) this.end();
   }
 
   closed(): void {
@@ -466,8 +482,15 @@ export class ClientConnection implements Timed {
   }
 
   drained(): void {
-    if (this.tunnel !== null) this.tunnel.clientDrained();
-    else this.forward?.clientDrained();
+    if (this.tunnel !== null) {
+      this.tunnel.clientDrained();
+    } else if (this.forward !== null) {
+      this.forward.clientDrained();
+    } else if (this.#state === HEAD && (this.#pauses & PAUSE_OUTPUT) !== 0) {
+      this.#pause(PAUSE_OUTPUT, false);
+      this.deadline = performance.now() + (this.#rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
+      this.#next();
+    }
   }
 }
 
