@@ -179,6 +179,11 @@ export class ClientConnection implements Timed {
   /** Whether the request body may flow from the client now (false: the backend is full or not there yet). */
   bodyFlowing(flowing: boolean): void {
     this.#pause(PAUSE_BODY, !flowing);
+    // The body's silence is the client's only while the backend takes it: one
+    // that does not is timed on the backend's side (Forward).
+    const f = this.forward;
+    if (this.#state !== ACTIVE || f === null || f.bodyDone) return;
+    this.deadline = flowing ? performance.now() + this.ctx.clientBodyTimeoutMs : Infinity;
   }
 
   #pause(reason: number, on: boolean): void {

@@ -197,7 +197,7 @@ export const FLAGS = {
   }),
   'upstream-body-timeout': one(int(1, HOUR_MS, 'MS'), {
     section: 'Backends', default: 60000, reload: true,
-    help: 'silence allowed inside a response body (the client\'s answer is cut)',
+    help: 'silence allowed inside a response body (the client\'s answer is cut), and how long a backend may take none of a request body before it answers (504). A client that is not taking its answer is timed by `--client-body-timeout` instead',
   }),
   'upstream-idle-timeout': one(int(1, HOUR_MS, 'MS'), {
     section: 'Backends', default: 4000, reload: true,
@@ -267,7 +267,7 @@ export const FLAGS = {
   }),
   'client-body-timeout': one(int(100, HOUR_MS, 'MS'), {
     section: 'Clients', default: 30000, reload: true,
-    help: 'silence allowed inside a request body: past it, 408 (if the answer has not begun), the connection is closed and its backend connection freed',
+    help: 'silence allowed inside a request body: past it, 408 (if the answer has not begun), the connection is closed and its backend connection freed; also how long a client may take none of its answer (the connection is cut). A backend that is not taking the body is timed by `--upstream-body-timeout` instead',
   }),
   'tunnel-timeout': one(int(1000, 7 * DAY * 1000, 'MS'), {
     section: 'Clients', default: HOUR_MS, reload: true,

@@ -99,6 +99,8 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   #resChunks: ChunkedReader | null = null;
   #dechunk = false;
   #reusable = false;
+  /** The client is not taking the answer: the backend is paused, and a timeout now is the client's. */
+  #clientStalled = false;
   status = 0;
   /** The answer's head went out to the client. */
   started = false;
@@ -245,7 +247,11 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       // Written whole: its read buffer is freed now, not at some later collection.
       if (s.writableLength === 0) freeRead(view);
       else this.client.readKept = true;
-      if (!flowing) this.client.bodyFlowing(false);
+      if (!flowing) {
+        this.client.bodyFlowing(false);
+        // A backend that stops taking the body before it answers: its timeout, not the client's (504).
+        if (this.#res === RES_HEAD && !this.bodyDone) up.waitFor(this.ctx.upstreamBodyTimeoutMs);
+      }
     } else {
       (this.#pending ??= []).push(view);
       this.client.readKept = true;
@@ -254,7 +260,9 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   }
 
   upstreamDrained(): void {
-    if (!this.done) this.client.bodyFlowing(true);
+    if (this.done) return;
+    if (!this.bodyDone && this.#res === RES_HEAD) this.upstream?.noDeadline();
+    this.client.bodyFlowing(true);
   }
 
   /** The request body is refused (malformed, or too large): nothing more goes upstream. */
@@ -413,7 +421,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       if (more) this.#reusable = false;
       this.#complete();
     } else {
-      up.waitFor(ctx.upstreamBodyTimeoutMs);
+      this.#waitBody();
     }
   }
 
@@ -435,7 +443,7 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
         this.#resLeft -= n;
         if (s + n < e) this.#reusable = false;
         if (this.#resLeft === 0) this.#complete();
-        else this.upstream!.waitFor(this.ctx.upstreamBodyTimeoutMs);
+        else this.#waitBody();
         return;
       }
       case BODY_CHUNKED: {
@@ -449,17 +457,26 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
           if (r < e) this.#reusable = false;
           this.#complete();
         } else {
-          this.upstream!.waitFor(this.ctx.upstreamBodyTimeoutMs);
+          this.#waitBody();
         }
         return;
       }
       case BODY_CLOSE:
         this.#outFrom(buf, s, e);
-        this.upstream!.waitFor(this.ctx.upstreamBodyTimeoutMs);
+        this.#waitBody();
         return;
       default:
         if (e > s) this.#reusable = false;
     }
+  }
+
+  /**
+   * The answer's next bytes: within the backend's silence timeout, or, while
+   * the client is not taking what it was sent (the backend paused), within the
+   * client's: then the wait is the client's doing.
+   */
+  #waitBody(): void {
+    this.upstream!.waitFor(this.#clientStalled ? this.ctx.clientBodyTimeoutMs : this.ctx.upstreamBodyTimeoutMs);
   }
 
   /** Chunk data for an HTTP/1.0 client, which gets the body without chunked framing. */
@@ -519,7 +536,12 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
   #write(view: Buffer): void {
     this.started = true;
     this.bytesOut += view.length;
-    if (!this.client.write(view)) this.upstream?.socket.pause();
+    if (this.client.write(view)) return;
+    const up = this.upstream;
+    if (up === null) return;
+    up.socket.pause();
+    this.#clientStalled = true;
+    up.waitFor(this.ctx.clientBodyTimeoutMs);
   }
 
   /** A placed head that no body bytes followed goes out alone (unless the exchange was cut meanwhile). */
@@ -532,7 +554,13 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
 
   /** The client can take more. */
   clientDrained(): void {
-    if (!this.done && this.#held === null && this.upstream !== null) this.upstream.socket.resume();
+    if (this.done) return;
+    const up = this.upstream;
+    if (this.#clientStalled) {
+      this.#clientStalled = false;
+      if (this.#res === RES_BODY && up !== null) up.waitFor(this.ctx.upstreamBodyTimeoutMs);
+    }
+    if (this.#held === null && up !== null) up.socket.resume();
   }
 
   onLearned(replaced: boolean): void {
@@ -637,6 +665,14 @@ export class Forward implements LookupWaiter, LearnWaiter, PoolWaiter, ChunkSink
       this.termination = 'upstream timeout';
       this.#abandon();
       this.#answer(504, 'backend timed out');
+      return;
+    }
+    if (this.#clientStalled) {
+      // The backend was paused: the client took nothing of its answer for --client-body-timeout.
+      this.termination = 'client timeout';
+      this.ctx.log.info({ backend: b.name, remote: this.client.address }, 'client stopped taking its answer; connection cut');
+      this.#abandon();
+      this.#cut();
       return;
     }
     this.termination = 'upstream timeout';

@@ -156,3 +156,69 @@ describe('--max-body-size', { timeout: 60_000 }, () => {
     assert.ok(completed.includes('/chunked-at'));
   });
 });
+
+// Whoever stops taking bytes is the one timed: a backend that stops reading an
+// upload gets --upstream-body-timeout (504, its fault), a client that stops
+// reading its answer gets --client-body-timeout (cut, its fault). Before, each
+// was timed by the other side's timeout and blamed on the other side: the
+// client got 408 for the backend's stall, and a slow reader was logged as a
+// backend gone silent, at the backend's timeout.
+describe('the side that stops taking bytes is the one timed', { timeout: 60_000 }, () => {
+  let proxy: ProxyProcess;
+  let stuck: import('node:net').Server;
+  let big: Origin;
+  let bigClosed = 0;
+  before(async () => {
+    // Reads a request's head, then nothing more.
+    const { createServer } = await import('node:net');
+    stuck = createServer((s) => { s.once('data', () => s.pause()); s.on('error', () => {}); });
+    await new Promise<void>((resolve) => stuck.listen(0, '127.0.0.1', resolve));
+    big = await startOrigin('big', (req, res) => { req.resume(); res.end(Buffer.alloc(32 * 1024 * 1024, 120)); });
+    big.server.on('connection', (s: Socket) => s.on('close', () => { bigClosed++; }));
+    const stuckUrl = `http://127.0.0.1:${(stuck.address() as import('node:net').AddressInfo).port}`;
+    // Each timeout far from the other, so which one fired shows.
+    proxy = await startProxy(['--backend', `stuck=${stuckUrl},weight=1`, '--backend', `big=${big.url},weight=1`, '--threads', '1', '--no-affinity',
+      '--balance', 'round-robin', '--retries', '0', '--client-body-timeout', '1000', '--upstream-body-timeout', '2500', '--access-log']);
+  });
+  after(async () => {
+    await proxy.stop();
+    stuck.close();
+    await big.close();
+  });
+
+  /** A request on a fresh connection to the backend named, by round robin over the two: the first goes to `stuck`. */
+  function open(): Socket {
+    return connect(Number(new URL(proxy.url).port), '127.0.0.1');
+  }
+
+  test('a backend that stops reading an upload: 504 at --upstream-body-timeout, logged as the backend\'s timeout', async () => {
+    const socket = open();
+    let got = '';
+    socket.on('data', (d) => { got += d.toString('latin1'); });
+    socket.on('error', () => {});
+    socket.write('POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n');
+    // Body as fast as the proxy takes it, until the stuck backend's buffers fill and the proxy stops reading.
+    const chunk = Buffer.alloc(64 * 1024, 97);
+    const pump = (): void => { while (!socket.destroyed && socket.write(chunk)); };
+    socket.on('drain', pump);
+    pump();
+    await waitFor(() => got.includes('\r\n\r\n'), { what: 'an answer', timeoutMs: 10_000 });
+    socket.destroy();
+    assert.match(got, /^HTTP\/1\.1 504 /, 'the backend stopped taking the body: its timeout, not the client\'s 408');
+    await waitFor(() => proxy.output.some((l) => l.includes('"path":"/up"') && l.includes('"term":"upstream timeout"')), { what: 'the access log line blaming the backend' });
+  });
+
+  test('a client that stops reading its answer: cut at --client-body-timeout, logged as the client\'s', async () => {
+    const socket = open(); // round robin: this one goes to `big`
+    socket.on('error', () => {});
+    const closedBefore = bigClosed;
+    socket.pause(); // reads nothing of the 32 MiB
+    socket.write('GET /down HTTP/1.1\r\nHost: x\r\n\r\n');
+    // The backend's connection is dropped with the client's; at --upstream-body-timeout, or never, before.
+    await waitFor(() => bigClosed > closedBefore, { what: 'the backend connection given up with the client', timeoutMs: 10_000 });
+    await waitFor(() => proxy.output.some((l) => l.includes('"path":"/down"') && l.includes('"term":"client timeout"')), { what: 'the access log line blaming the client' });
+    assert.ok(proxy.output.some((l) => l.includes('client stopped taking its answer')));
+    assert.ok(!proxy.output.some((l) => l.includes('backend went silent')), 'not blamed on the backend');
+    socket.destroy();
+  });
+});
