@@ -218,6 +218,11 @@ export class ClientConnection implements Timed {
       this.#preamble(chunk);
       return;
     }
+    if ((this.#pauses & PAUSE_OUTPUT) !== 0) {
+      // A read that was on its way when reading paused: kept for drained().
+      this.#stash(chunk);
+      return;
+    }
     let buf = chunk;
     if (this.#rest !== null) {
       // Only a partial head is ever kept here while no request is in flight.
