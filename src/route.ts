@@ -2,10 +2,10 @@
 // fallback → balanced. A binding to a backend that is up wins. One whose
 // backend is down or disabled moves, to the backend rendezvous hashing picks
 // for the session, so every instance moves it to the same place without
-// talking. When the store lost the binding or cannot answer, the near cache's
-// memory of where the session was routes it; a session this instance never
-// saw goes by rendezvous hashing while the store is failing, and to the
-// balancer when the store says it is unbound.
+// talking. When the store lost the binding, names no backend of ours, or
+// cannot answer, the near cache's memory of where the session was routes it;
+// a session this instance never saw goes by rendezvous hashing while the
+// store is failing, and to the balancer when the store says it is unbound.
 import type { Affinity } from './affinity.ts';
 import type { Backend, BackendSet } from './backends.ts';
 import { rendezvous, type Balancer } from './balance.ts';
@@ -47,9 +47,12 @@ export function route(x: Router, outcome: LookupOutcome, name: string, key: stri
       }
       return moved;
     }
-    // A binding naming no configured backend is ignored: it never routes outside the pool.
+    // A binding naming no configured backend (one removed, another fleet's
+    // name, or a reply garbled on its way) is none: it never routes outside
+    // the pool, and the session goes on as an unbound one, where this
+    // instance remembers it first.
   }
-  const known = outcome === 'hit' ? '' : x.affinity.remembered(key);
+  const known = x.affinity.remembered(key);
   if (known !== '') {
     const b = x.backends.get(known);
     if (b !== undefined && b.up) {

@@ -1,12 +1,13 @@
 // Sessions whose binding the proxy no longer has while the session is still
-// alive: a binding deleted or memcached restarted empty, a proxy instance that
-// never saw the session, memcached down or frozen under load, a cookie that
-// outlives --max-ttl. Behind the proxy are session apps of both kinds
-// (test/helpers/session-app.ts): ones that accept any id silently (PHP) and
-// ones that replace an unknown id (Tomcat, Django). Each app instance keeps its
-// own sessions, so a session that lands where it is not known shows it: its
-// counter starts again, or its id changes. Also: adoption's rules and its
-// write bound, and the rule for a request carrying the session cookie twice.
+// alive: a binding deleted, naming no backend, or memcached restarted empty,
+// a proxy instance that never saw the session, memcached down or frozen under
+// load, a cookie that outlives --max-ttl. Behind the proxy are session apps
+// of both kinds (test/helpers/session-app.ts): ones that accept any id
+// silently (PHP) and ones that replace an unknown id (Tomcat, Django). Each
+// app instance keeps its own sessions, so a session that lands where it is
+// not known shows it: its counter starts again, or its id changes. Also:
+// adoption's rules and its write bound, and the rule for a request carrying
+// the session cookie twice.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
@@ -126,7 +127,8 @@ async function startSessions(url: string, mode: SessionMode, count: number): Pro
 }
 
 for (const mode of ['accept', 'replace'] as const) {
-  for (const loss of ['deleted', 'memcached restarted empty'] as const) {
+  // A value naming no configured backend: another fleet's name, or a reply garbled on its way.
+  for (const loss of ['deleted', 'memcached restarted empty', 'naming no backend'] as const) {
     test(`${mode} apps, binding ${loss}: the instance that served the session keeps it where it was, binds it again by adoption, and it stays there for 20 more`, T, async () => {
       const m = await startMemcached();
       const prefix = freshPrefix();
@@ -136,13 +138,14 @@ for (const mode of ['accept', 'replace'] as const) {
         const keyOf = (u: User): string => `${prefix}${u.cookie}:${u.id}`;
         for (const u of users) assert.equal((await inspect(m.port, keyOf(u)))?.value, u.visits[0].backend, 'learnt from Set-Cookie');
         if (loss === 'deleted') for (const u of users) assert.match(await deleteKey(m.port, keyOf(u)), /^DELETED/);
+        else if (loss === 'naming no backend') for (const u of users) assert.match(await setKey(m.port, keyOf(u), 'retired'), /^STORED/);
         else await m.restart();
         for (const u of users) {
           const from = u.visits.length - 1;
           // Past the near cache's freshness memcached answers "unbound"; the visits go on until the binding is back.
           await waitFor(async () => {
             await u.visit(proxy.url);
-            return (await inspect(m.port, keyOf(u)))?.value;
+            return (await inspect(m.port, keyOf(u)))?.value === u.visits[0].backend;
           }, { what: `session ${u.id} bound again in memcached`, timeoutMs: 8000, intervalMs: 50 });
           for (let k = 0; k < 20; k++) await u.visit(proxy.url);
           unbroken(u, from, `binding ${loss}`);
