@@ -7,6 +7,15 @@ import { LOOKUP_CODES, emptyBatch, type AffinityAnswer, type AffinityBatch, type
 import type { NearCache } from './near-cache.ts';
 import type { LoopStats, ResolverStats } from './stats.ts';
 import { monotonicMs } from './clock.ts';
+import { readSessionSetCookies, type LearnSink, type SessionCookie, type TtlRules } from './cookies.ts';
+
+/**
+ * How long a worker may stay on a batch past its deadline before piscina
+ * replaces it. The batch's requests go on at the deadline (by the fallback
+ * route); a worker that is only slow (a CPU-starved or throttled thread)
+ * still finishes its writes and keeps its connections and outage queue.
+ */
+const STUCK_AFTER_MS = 5000;
 
 /** Told where a request's session is bound (backend '' unless 'hit'). */
 export interface LookupWaiter {
@@ -38,6 +47,8 @@ export interface AffinityOptions {
   deadlineMs: number;
   /** Sliding lifetime of bindings, seconds: adoptions are written at most once per eighth of it. */
   defaultTtl: number;
+  /** The cap on a binding's lifetime, seconds (with defaultTtl, how a Set-Cookie is read). */
+  maxTtl: number;
   /** In front of a remote store (memcached); null for the embedded store, which is local already. */
   near: NearCache | null;
   /** The embedded store, read here without a batch: its memory is this process's. */
@@ -59,6 +70,7 @@ export class Affinity {
   readonly #batchMax: number;
   readonly #deadlineMs: number;
   readonly #adoptEveryMs: number;
+  readonly #rules: TtlRules;
   readonly #runner: BatchRunner;
   readonly #stats: LoopStats;
   #batch: AffinityBatch = emptyBatch();
@@ -75,6 +87,7 @@ export class Affinity {
     this.#batchMax = opts.batchMax;
     this.#deadlineMs = opts.deadlineMs;
     this.#adoptEveryMs = (opts.defaultTtl * 1000) / 8;
+    this.#rules = { defaultTtl: opts.defaultTtl, maxTtl: opts.maxTtl };
     this.#runner = runner;
     this.#stats = opts.stats;
   }
@@ -189,8 +202,8 @@ export class Affinity {
     const size = this.#size();
     if (size === 0) return;
     this.#stats.batchSize.observe(size);
-    const flight = new Flight(this.#lookups, this.#learns, this.#batch.learnBackends, this.near, this.#inflight);
     const batch = this.#batch;
+    const flight = new Flight(this.#lookups, this.#learns, batch, this.#rules, this.near, this.#inflight);
     this.#batch = emptyBatch();
     this.#lookups = [];
     this.#learns = [];
@@ -212,7 +225,8 @@ function settledOf(f: Flight): Promise<void> {
 class Flight implements BatchDeadline {
   readonly lookups: LookupWaiter[];
   readonly learns: LearnWaiter[];
-  readonly learnBackends: string[];
+  readonly batch: AffinityBatch;
+  readonly rules: TtlRules;
   readonly near: NearCache | null;
   /** The affinity's batches in flight: this one leaves when its runner settles. */
   readonly inflight: Set<Flight>;
@@ -221,10 +235,11 @@ class Flight implements BatchDeadline {
   #abort: AbortController | null = null;
   done = false;
 
-  constructor(lookups: LookupWaiter[], learns: LearnWaiter[], learnBackends: string[], near: NearCache | null, inflight: Set<Flight>) {
+  constructor(lookups: LookupWaiter[], learns: LearnWaiter[], batch: AffinityBatch, rules: TtlRules, near: NearCache | null, inflight: Set<Flight>) {
     this.lookups = lookups;
     this.learns = learns;
-    this.learnBackends = learnBackends;
+    this.batch = batch;
+    this.rules = rules;
     this.near = near;
     this.inflight = inflight;
   }
@@ -245,9 +260,9 @@ class Flight implements BatchDeadline {
         const learnt = a.learnt[j];
         // Most responses set one session cookie: no array for them.
         if (learnt.indexOf('\n') < 0) {
-          if (learnt !== '') near.set(learnt, this.learnBackends[j], now);
+          if (learnt !== '') near.set(learnt, this.batch.learnBackends[j], now);
         } else {
-          for (const key of learnt.split('\n')) near.set(key, this.learnBackends[j], now);
+          for (const key of learnt.split('\n')) near.set(key, this.batch.learnBackends[j], now);
         }
         if (a.cleared[j] !== '') for (const key of a.cleared[j].split('\n')) near.delete(key);
       }
@@ -264,21 +279,69 @@ class Flight implements BatchDeadline {
 
   readonly expire = (): void => {
     this.timer = undefined;
-    this.#fail();
-    this.#abort?.abort();
+    if (!this.#fail() || this.#abort === null) return;
+    // The worker still on it may be slow, not stuck: its answer is no longer
+    // awaited, but its writes are worth finishing.
+    this.timer = setTimeout(this.stuck, STUCK_AFTER_MS);
   };
 
-  #fail(): void {
-    if (this.#finish()) return;
+  /** Aborting a task still running makes piscina terminate and replace its worker. */
+  readonly stuck = (): void => {
+    this.timer = undefined;
+    this.#abort!.abort();
+  };
+
+  /** Settles the waiters without an answer; false when already settled. */
+  #fail(): boolean {
+    if (this.#finish()) return false;
+    if (this.near !== null && this.learns.length > 0) this.#learnNear(this.near);
     for (const w of this.lookups) w.onAffinity('failed', '', '');
     for (const w of this.learns) w.onLearned(false);
+    return true;
   }
 
-  /** True when already settled. */
+  /**
+   * Without the answer, the near cache is taught here what the learns' Set-Cookie
+   * values say, before their responses go on: a session issued meanwhile sticks
+   * to this instance even if the store never got it.
+   */
+  #learnNear(near: NearCache): void {
+    const b = this.batch;
+    const sink = new NearLearn(near, monotonicMs());
+    for (let j = 0; j < b.learnBackends.length; j++) {
+      sink.backend = b.learnBackends[j];
+      readSessionSetCookies(b.learnSetCookies[j], b.learnSent[j], this.rules, Date.now(), sink);
+    }
+  }
+
+  /** True when already settled. Stops the deadline or the stuck timer. */
   #finish(): boolean {
+    if (this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
     if (this.done) return true;
     this.done = true;
-    if (this.timer !== undefined) clearTimeout(this.timer);
     return false;
+  }
+}
+
+/** Writes what a learn's Set-Cookie values say into the near cache (a batch that got no answer). */
+class NearLearn implements LearnSink {
+  readonly near: NearCache;
+  readonly now: number;
+  backend = '';
+
+  constructor(near: NearCache, now: number) {
+    this.near = near;
+    this.now = now;
+  }
+
+  bindId(key: string, _sc: SessionCookie): void {
+    this.near.set(key, this.backend, this.now);
+  }
+
+  unbindId(key: string): void {
+    this.near.delete(key);
   }
 }

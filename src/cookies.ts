@@ -152,6 +152,52 @@ export interface TtlRules {
   maxTtl: number;
 }
 
+/** Told what a response's session Set-Cookie values do: an id bound, or one forgotten. */
+export interface LearnSink {
+  bindId(key: string, sc: SessionCookie): void;
+  unbindId(key: string): void;
+}
+
+/**
+ * Tells `sink` what one response's session Set-Cookie values (`values`,
+ * already picked by name) do: each id set is bound; a clearing cookie
+ * forgets the id the client sent (`sent`: the request's '\n'-joined keys;
+ * apps clear with an empty value) and the id it names, if another. When one
+ * name is set by several values, the last one counts.
+ */
+export function readSessionSetCookies(values: readonly string[], sent: string, rules: TtlRules, nowMs: number, sink: LearnSink): void {
+  if (values.length === 1) {
+    // The common case: one session cookie, no Map for it.
+    const sc = sessionSetCookie(values[0], null, rules, nowMs);
+    if (sc !== null) applySessionCookie(sc, sent, sink);
+    return;
+  }
+  const last = new Map<string, SessionCookie>();
+  for (const value of values) {
+    const sc = sessionSetCookie(value, null, rules, nowMs);
+    if (sc !== null) last.set(sc.name, sc);
+  }
+  for (const sc of last.values()) applySessionCookie(sc, sent, sink);
+}
+
+function applySessionCookie(sc: SessionCookie, sent: string, sink: LearnSink): void {
+  if (sc.ttl > 0) {
+    sink.bindId(sessionKey(sc.name, sc.id), sc);
+    return;
+  }
+  const sentKey = keyFor(sent, sc.name);
+  if (sentKey !== '') sink.unbindId(sentKey);
+  const named = sc.id === '' ? '' : sessionKey(sc.name, sc.id);
+  if (named !== '' && named !== sentKey) sink.unbindId(named);
+}
+
+/** The key for cookie `name` among '\n'-joined keys, or ''. */
+function keyFor(keys: string, name: string): string {
+  if (keys === '') return '';
+  for (const k of keys.split('\n')) if (k.startsWith(name) && k.charCodeAt(name.length) === 58) return k;
+  return '';
+}
+
 /**
  * Reads one Set-Cookie value. Returns null when it sets no configured session
  * cookie (`names` null: the caller picked the value by name already). Max-Age wins over Expires; no expiry means a sliding default TTL;

@@ -186,6 +186,7 @@ export class Loop {
       // worker, with room for a busy machine's scheduling delays.
       deadlineMs: config.storeTimeoutMs + 500,
       defaultTtl: config.defaultTtl,
+      maxTtl: config.maxTtl,
       near,
       // The embedded store is this process's memory: read in place, without a batch.
       local: s.embedded === null || affinityOff ? null : new EmbeddedStore(s.embedded),

@@ -3,7 +3,7 @@
 // bindings up, parses what responses' Set-Cookie headers teach, and applies it.
 import { performance } from 'node:perf_hooks';
 import { HIT, MISS, STORE_FAILED, type AffinityAnswer, type AffinityBatch, type ResolverSettings } from './batch.ts';
-import { sessionKey, sessionSetCookie, type SessionCookie, type TtlRules } from './cookies.ts';
+import { readSessionSetCookies, type LearnSink, type SessionCookie, type TtlRules } from './cookies.ts';
 import type { AffinityStore } from './store/store.ts';
 import { EmbeddedStore } from './store/embedded.ts';
 import { MemcachedStore, memcachedDescription } from './store/memcached.ts';
@@ -27,6 +27,12 @@ export class Resolver {
   readonly store: AffinityStore;
   readonly #rules: TtlRules;
   readonly #s: ResolverStats;
+  // The learn #learn is reading, for #sink's calls within it.
+  #j = 0;
+  #backend = '';
+  #bound = '';
+  #answer: AffinityAnswer | null = null;
+  #pending: Promise<void>[] | null = null;
 
   constructor(settings: ResolverSettings, stats: ResolverStats, store: AffinityStore = openStore(settings)) {
     this.store = store;
@@ -51,6 +57,7 @@ export class Resolver {
     }
     const now = Date.now();
     for (let j = 0; j < learns; j++) this.#learn(batch, j, now, answer, pending);
+    this.#answer = this.#pending = null;
     for (let m = 0; m < batch.bindKeys.length; m++) {
       // The binding's lifetime is unknown here: it slides until the app's next Set-Cookie says.
       if (batch.bindAdopt[m] === 1) this.#s.adopts++;
@@ -105,54 +112,34 @@ export class Resolver {
   readonly #setFailed = (): void => { this.#s.setErrors++; };
   readonly #deleteFailed = (): void => { this.#s.deleteErrors++; };
 
-  /** Applies one response's session cookies. */
+  /** Applies one response's session cookies (readSessionSetCookies tells #sink what they do). */
   #learn(batch: AffinityBatch, j: number, now: number, answer: AffinityAnswer, pending: Promise<void>[]): void {
-    const backend = batch.learnBackends[j];
-    const bound = batch.learnBound[j];
-    const sent = batch.learnSent[j];
     answer.learnt[j] = '';
     answer.cleared[j] = '';
-    const values = batch.learnSetCookies[j];
+    this.#j = j;
+    this.#backend = batch.learnBackends[j];
+    this.#bound = batch.learnBound[j];
+    this.#answer = answer;
+    this.#pending = pending;
     // The loop sent only values that set one of its session cookies, by the names it has now (SIGHUP may change them).
-    if (values.length === 1) {
-      // The common case: one session cookie, no array or Map for it.
-      const sc = sessionSetCookie(values[0], null, this.#rules, now);
-      if (sc !== null) this.#apply(sc, backend, bound, sent, j, answer, pending);
-    } else {
-      // When one name is set by several Set-Cookie headers, the last one counts.
-      const last = new Map<string, SessionCookie>();
-      for (const value of values) {
-        const sc = sessionSetCookie(value, null, this.#rules, now);
-        if (sc !== null) last.set(sc.name, sc);
-      }
-      for (const sc of last.values()) this.#apply(sc, backend, bound, sent, j, answer, pending);
-    }
+    readSessionSetCookies(batch.learnSetCookies[j], batch.learnSent[j], this.#rules, now, this.#sink);
   }
 
-  /** One session Set-Cookie of learn `j`: binds its id, or clears. */
-  #apply(sc: SessionCookie, backend: string, bound: string, sent: string, j: number, answer: AffinityAnswer, pending: Promise<void>[]): void {
-    if (sc.ttl > 0) {
-      const key = sessionKey(sc.name, sc.id);
+  readonly #sink: LearnSink = {
+    bindId: (key: string, sc: SessionCookie): void => {
+      const answer = this.#answer!;
+      const bound = this.#bound;
       // A new id for the cookie the request was bound by: the app lost or rotated the session.
-      if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) answer.replaced[j] = 1;
+      if (bound !== '' && bound !== key && bound.startsWith(sc.name) && bound.charCodeAt(sc.name.length) === 58 /* : */) answer.replaced[this.#j] = 1;
       this.#s.learns++;
-      pending.push(this.store.set(key, backend, sc.ttl, sc.sliding).catch(this.#setFailed));
-      answer.learnt[j] = withKey(answer.learnt[j], key);
-      return;
-    }
-    // Clearing: the id the client sent is the one to forget (apps clear with an empty value)...
-    const sentKey = keyFor(sent, sc.name);
-    if (sentKey !== '') {
-      this.#unbind(sentKey, pending);
-      answer.cleared[j] = withKey(answer.cleared[j], sentKey);
-    }
-    // ...and the id the clearing cookie names, if any.
-    const named = sc.id === '' ? '' : sessionKey(sc.name, sc.id);
-    if (named !== '' && named !== sentKey) {
-      this.#unbind(named, pending);
-      answer.cleared[j] = withKey(answer.cleared[j], named);
-    }
-  }
+      this.#pending!.push(this.store.set(key, this.#backend, sc.ttl, sc.sliding).catch(this.#setFailed));
+      answer.learnt[this.#j] = withKey(answer.learnt[this.#j], key);
+    },
+    unbindId: (key: string): void => {
+      this.#unbind(key, this.#pending!);
+      this.#answer!.cleared[this.#j] = withKey(this.#answer!.cleared[this.#j], key);
+    },
+  };
 
   #unbind(key: string, pending: Promise<void>[]): void {
     this.#s.unbinds++;
@@ -167,11 +154,4 @@ export class Resolver {
 /** '\n'-joined `keys` with `key` added. */
 function withKey(keys: string, key: string): string {
   return keys === '' ? key : `${keys}\n${key}`;
-}
-
-/** The key for cookie `name` among '\n'-joined keys, or ''. */
-function keyFor(keys: string, name: string): string {
-  if (keys === '') return '';
-  for (const k of keys.split('\n')) if (k.startsWith(name) && k.charCodeAt(name.length) === 58) return k;
-  return '';
 }

@@ -77,7 +77,7 @@ test('a near-cache entry is fresh for its lifetime, not for as long as the wall 
     },
     close: () => Promise.resolve(),
   };
-  const affinity = new Affinity({ batchMax: 16, deadlineMs: 1000, defaultTtl: 600, near, local: null, stats: new LoopStats(), resolverStats: new ResolverStats() }, runner);
+  const affinity = new Affinity({ batchMax: 16, deadlineMs: 1000, defaultTtl: 600, maxTtl: 600, near, local: null, stats: new LoopStats(), resolverStats: new ResolverStats() }, runner);
   const answers: LookupOutcome[] = [];
   const waiter = { onAffinity: (outcome: LookupOutcome) => { answers.push(outcome); } };
   await withWallClock(async (step) => {

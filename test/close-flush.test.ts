@@ -21,7 +21,7 @@ test('close() sends the learns queued in this turn and waits for memcached to st
     storeTimeoutMs: 2000, learnQueue: 1000, outageCounters: null, embedded: null,
   }, resolverStats);
   const runner: BatchRunner = { ready: Promise.resolve(), run: (b) => resolver.run(b), close: () => resolver.close() };
-  const affinity = new Affinity({ batchMax: 64, deadlineMs: 5000, defaultTtl: 300, near: null, local: null, stats: new LoopStats(), resolverStats }, runner);
+  const affinity = new Affinity({ batchMax: 64, deadlineMs: 5000, defaultTtl: 300, maxTtl: 300, near: null, local: null, stats: new LoopStats(), resolverStats }, runner);
   let learned = false;
   // Queued, then closed in the same turn: only close() can send it.
   affinity.learn('srv1', ['PHPSESSID=closing-turn; Max-Age=600'], '', '', { onLearned: () => { learned = true; } });

@@ -473,6 +473,29 @@ test('a stuck affinity worker (--workers 1): requests with a session cookie are 
   }
 });
 
+test('a slow affinity worker (--workers 1): a learn past the batch deadline lets its response go on, its session sticks here at once, and the worker, not replaced, still writes it', T, async () => {
+  const prefix = `slow-${Date.now()}:`;
+  const proxy = await startProxy([...backendFlags(origins), '--memcache', mc.address, '--workers', '1', '--threads', '1', '--store-timeout', '100', '--key-prefix', prefix, '--access-log'], { STICKY_PROXY_TEST_HOOKS: '1' });
+  try {
+    assert.equal((await get(proxy.url, undefined, { cookie: 'PHPSESSID=warm-up' })).status, 200, 'the worker has started');
+    // The worker's test hook spends 2 s on a batch holding this id: past the deadline (600 ms), short of being taken for stuck.
+    const id = 'sticky-proxy-test-slow-worker-1';
+    const first = await get(proxy.url, undefined, { 'x-set-cookie': JSON.stringify([`PHPSESSID=${id}; Max-Age=600`]) });
+    assert.equal(first.status, 200);
+    const owner = first.headers['x-backend'] as string;
+    const again = await get(proxy.url, undefined, { cookie: `PHPSESSID=${id}` });
+    assert.equal(again.headers['x-backend'], owner, 'the session stays where it was issued');
+    // From the near cache, fresh or remembered; not rendezvous hashing, which knows nothing of it.
+    const routes = (): string[] => proxy.output.filter((l) => l.includes('"access":true')).map((l) => /"affinity":"(\w+)"/.exec(l)?.[1] ?? '');
+    await waitFor(() => routes().length === 3, { what: 'three access log lines' });
+    assert.match(routes()[2], /^(hit|stale)$/);
+    await waitFor(async () => (await inspect(mc.port, `${prefix}PHPSESSID:${id}`))?.value === owner, { what: 'the slow worker to write the binding', timeoutMs: 10_000 });
+    assert.ok(!proxy.output.some((l) => l.includes('affinity worker ended')), 'the slow worker was not replaced');
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('SIGTERM with 20 slow requests in flight: all 20 complete with Connection: close, and the process exits 0', T, async () => {
   const slow = await startOrigin('slow', (_req, res) => { setTimeout(() => { res.writeHead(200); res.end('done'); }, 1000); });
   const proxy = await startProxy(['--backend', `slow=${slow.url}`]);

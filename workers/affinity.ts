@@ -12,11 +12,18 @@ const resolver = new Resolver(workerData as ResolverSettings, stats);
 const store = resolver.store;
 serveWorkerMetrics(() => resolverMetrics(stats, store instanceof MemcachedStore ? { queued: store.queued, dropped: store.dropped } : null));
 
-// Test hook (STICKY_PROXY_TEST_HOOKS=1 only): a batch holding this session id
-// keeps the worker busy for 10 s, as a stuck worker would be (the batch-deadline test).
-const STUCK = process.env.STICKY_PROXY_TEST_HOOKS === '1' ? 'sticky-proxy-test-stuck-worker' : null;
+// Test hooks (STICKY_PROXY_TEST_HOOKS=1 only): a batch holding one of these
+// strings keeps the worker busy for 10 s, as a stuck worker would be, or for
+// 2 s, as a slow one (CPU-starved) would be (the batch-deadline tests).
+const HOOKS = process.env.STICKY_PROXY_TEST_HOOKS === '1';
+const STUCK = 'sticky-proxy-test-stuck-worker';
+const SLOW = 'sticky-proxy-test-slow-worker';
 
 export default function resolveBatch(batch: AffinityBatch): Promise<AffinityAnswer> {
-  if (STUCK !== null && JSON.stringify(batch).includes(STUCK)) for (const end = Date.now() + 10_000; Date.now() < end;);
+  if (HOOKS) {
+    const text = JSON.stringify(batch);
+    const busyMs = text.includes(STUCK) ? 10_000 : text.includes(SLOW) ? 2000 : 0;
+    for (const end = Date.now() + busyMs; Date.now() < end;);
+  }
   return resolver.run(batch);
 }
