@@ -38,6 +38,18 @@ test('round robin honours weights and interleaves picks', () => {
   assert.ok(!seq.join(',').includes('b0,b0,b0,b0'), `smooth: ${seq}`);
 });
 
+test('round robin with large weights: one cycle gives each backend its weight, spread out', () => {
+  const weights = [1000, 999, 998, 1];
+  const bs = backends(weights);
+  const rr = new RoundRobin(bs, () => state.ticket());
+  const seq = Array.from({ length: 2998 }, () => rr.pick()!.name);
+  const t: Record<string, number> = {};
+  for (const name of seq) t[name] = (t[name] ?? 0) + 1;
+  assert.deepEqual(t, { b0: 1000, b1: 999, b2: 998, b3: 1 });
+  // Three near-equal weights take turns: never one of them three times running.
+  for (let i = 2; i < seq.length; i++) assert.ok(!(seq[i] === seq[i - 1] && seq[i] === seq[i - 2]), `${seq[i]} thrice at ${i}`);
+});
+
 test('round robin skips backends that are down and answers null when none is up', () => {
   const bs = backends([1, 1]);
   const rr = new RoundRobin(bs, () => state.ticket());
