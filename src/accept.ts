@@ -100,10 +100,9 @@ export class Acceptor {
 
   /** `proxied`: the address of a PROXY header read before TLS ('' for none), or null. */
   #connection(socket: Socket, proxied: string | null): void {
-    const open = this.#ctx.state.openConnections;
-    if (open >= this.#max) {
+    if (!this.#ctx.state.admit(this.#max)) {
       this.#ctx.stats.connectionsRefused++;
-      this.#ctx.log.warn({ open, max: this.#max }, 'connection refused: too many client connections');
+      this.#ctx.log.warn({ open: this.#ctx.state.openConnections, max: this.#max }, 'connection refused: too many client connections');
       socket.on('error', ignore);
       socket.resume();
       socket.end(reply(503, true));

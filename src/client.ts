@@ -105,7 +105,7 @@ export class ClientConnection implements Timed {
     }
     ctx.clients.add(this);
     ctx.deadlines.add(this);
-    ctx.state.connections(1);
+    // Counted already: the acceptor admitted it (SharedState.admit).
   }
 
   get address(): string {
@@ -483,7 +483,7 @@ export class ClientConnection implements Timed {
   closed(): void {
     this.#state = CLOSING;
     this.deadline = Infinity;
-    if (this.ctx.clients.delete(this)) this.ctx.state.connections(-1);
+    if (this.ctx.clients.delete(this)) this.ctx.state.connectionClosed();
     this.ctx.deadlines.delete(this);
     const f = this.forward;
     this.forward = null;

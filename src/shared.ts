@@ -176,9 +176,25 @@ export class SharedState {
 
   // ---------------------------------------------------------------- counters
 
-  /** This loop's open client connections changed by `delta`. */
-  connections(delta: number): void {
-    this.#open[this.loop] += delta;
+  /**
+   * Counts a client connection this loop accepted, unless the process has
+   * `max` open already. This loop's count goes up before the sum is read,
+   * both with atomics, so two loops taking the last place at once may both
+   * refuse it, but never both get it: the cap is never passed.
+   */
+  admit(max: number): boolean {
+    const open = this.#open;
+    Atomics.add(open, this.loop, 1);
+    let n = 0;
+    for (let i = 0; i < MAX_LOOPS; i++) n += Atomics.load(open, i);
+    if (n <= max) return true;
+    Atomics.sub(open, this.loop, 1);
+    return false;
+  }
+
+  /** One of this loop's client connections closed. */
+  connectionClosed(): void {
+    this.#open[this.loop]--;
   }
 
   /** Open client connections of the whole process. */
