@@ -161,7 +161,7 @@ export class Loop {
     this.log = log;
     this.runner = runner;
     this.resolverStats = resolverStats;
-    this.state = new SharedState(s.shared, s.index);
+    this.state = new SharedState(s.shared, s.index, s.loops);
     const affinityOff = config.sessionCookies.length === 0;
     this.storeDescription = affinityOff ? 'none (affinity off)' : describeStore(settings);
     // The coarsest resolution that still honours the shortest timeout closely.

@@ -93,7 +93,7 @@ export class StickyProxy {
   static async start(config: Config, log: Logger): Promise<StickyProxy> {
     if (config.threads > MAX_LOOPS) throw new ConfigError('--threads', `at most ${MAX_LOOPS}`);
     const memory = sharedMemory();
-    const state = new SharedState(memory, 0);
+    const state = new SharedState(memory, 0, config.threads);
     const slots = new SlotTable(state);
     const backends = slots.initial(config.backends);
     const affinityOn = config.sessionCookies.length > 0;

@@ -59,8 +59,10 @@ export class SharedState {
   readonly #ejections: Int32Array;
   /** This loop's index: its own counters are written without atomics. */
   readonly loop: number;
+  /** How many loops the process runs: the per-loop counters summed. */
+  readonly #loops: number;
 
-  constructor(memory: SharedMemory, loop: number) {
+  constructor(memory: SharedMemory, loop: number, loops = MAX_LOOPS) {
     this.#words = new Int32Array(memory.backends, 0, MAX_BACKENDS * WORDS);
     this.#ejectedUntil = new Float64Array(memory.backends, MAX_BACKENDS * WORDS * 4, MAX_BACKENDS);
     this.#open = new Int32Array(memory.counters, 0, MAX_LOOPS);
@@ -68,6 +70,7 @@ export class SharedState {
     this.#ticket = new Int32Array(memory.counters, MAX_LOOPS * 4 + MAX_LOOPS * MAX_BACKENDS * 4, 1);
     this.#ejections = new Int32Array(memory.counters, MAX_LOOPS * 4 + MAX_LOOPS * MAX_BACKENDS * 4 + 4, 1);
     this.loop = loop;
+    this.#loops = loops;
   }
 
   // ---------------------------------------------------------------- backends
@@ -186,7 +189,7 @@ export class SharedState {
     const open = this.#open;
     Atomics.add(open, this.loop, 1);
     let n = 0;
-    for (let i = 0; i < MAX_LOOPS; i++) n += Atomics.load(open, i);
+    for (let i = 0; i < this.#loops; i++) n += Atomics.load(open, i);
     if (n <= max) return true;
     Atomics.sub(open, this.loop, 1);
     return false;
@@ -200,7 +203,7 @@ export class SharedState {
   /** Open client connections of the whole process. */
   get openConnections(): number {
     let n = 0;
-    for (let i = 0; i < MAX_LOOPS; i++) n += this.#open[i];
+    for (let i = 0; i < this.#loops; i++) n += this.#open[i];
     return n;
   }
 
@@ -212,7 +215,7 @@ export class SharedState {
   /** Requests in flight to a backend, across loops. */
   active(slot: number): number {
     let n = 0;
-    for (let i = 0; i < MAX_LOOPS; i++) n += this.#active[i * MAX_BACKENDS + slot];
+    for (let i = 0; i < this.#loops; i++) n += this.#active[i * MAX_BACKENDS + slot];
     return n;
   }
 
