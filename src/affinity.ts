@@ -58,9 +58,11 @@ export interface AffinityOptions {
   resolverStats: ResolverStats;
 }
 
-/** A store this thread can read synchronously. */
+/** A store this thread can read synchronously, and write (the embedded store). */
 export interface LocalStore {
   lookup(key: string): string | null;
+  set(key: string, backend: string, ttl: number, sliding: boolean): Promise<void>;
+  delete(key: string): Promise<void>;
 }
 
 export class Affinity {
@@ -203,7 +205,7 @@ export class Affinity {
     if (size === 0) return;
     this.#stats.batchSize.observe(size);
     const batch = this.#batch;
-    const flight = new Flight(this.#lookups, this.#learns, batch, this.#rules, this.near, this.#inflight);
+    const flight = new Flight(this.#lookups, this.#learns, batch, this.#rules, this.near, this.#local, this.#inflight);
     this.#batch = emptyBatch();
     this.#lookups = [];
     this.#learns = [];
@@ -228,6 +230,7 @@ class Flight implements BatchDeadline {
   readonly batch: AffinityBatch;
   readonly rules: TtlRules;
   readonly near: NearCache | null;
+  readonly local: LocalStore | null;
   /** The affinity's batches in flight: this one leaves when its runner settles. */
   readonly inflight: Set<Flight>;
   settled!: Promise<void>;
@@ -235,12 +238,13 @@ class Flight implements BatchDeadline {
   #abort: AbortController | null = null;
   done = false;
 
-  constructor(lookups: LookupWaiter[], learns: LearnWaiter[], batch: AffinityBatch, rules: TtlRules, near: NearCache | null, inflight: Set<Flight>) {
+  constructor(lookups: LookupWaiter[], learns: LearnWaiter[], batch: AffinityBatch, rules: TtlRules, near: NearCache | null, local: LocalStore | null, inflight: Set<Flight>) {
     this.lookups = lookups;
     this.learns = learns;
     this.batch = batch;
     this.rules = rules;
     this.near = near;
+    this.local = local;
     this.inflight = inflight;
   }
 
@@ -294,20 +298,22 @@ class Flight implements BatchDeadline {
   /** Settles the waiters without an answer; false when already settled. */
   #fail(): boolean {
     if (this.#finish()) return false;
-    if (this.near !== null && this.learns.length > 0) this.#learnNear(this.near);
+    if (this.learns.length > 0 && (this.near !== null || this.local !== null)) this.#learnHere();
     for (const w of this.lookups) w.onAffinity('failed', '', '');
     for (const w of this.learns) w.onLearned(false);
     return true;
   }
 
   /**
-   * Without the answer, the near cache is taught here what the learns' Set-Cookie
-   * values say, before their responses go on: a session issued meanwhile sticks
-   * to this instance even if the store never got it.
+   * Without the answer, what the learns' Set-Cookie values say is written
+   * here, before their responses go on: into the near cache, so a session
+   * issued meanwhile sticks to this instance even if memcached never got it;
+   * or into the embedded store, whose memory this loop shares with the
+   * worker that was to write it (the worker, if only slow, writes the same).
    */
-  #learnNear(near: NearCache): void {
+  #learnHere(): void {
     const b = this.batch;
-    const sink = new NearLearn(near, monotonicMs());
+    const sink = new LearnHere(this.near, this.local, monotonicMs());
     for (let j = 0; j < b.learnBackends.length; j++) {
       sink.backend = b.learnBackends[j];
       readSessionSetCookies(b.learnSetCookies[j], b.learnSent[j], this.rules, Date.now(), sink);
@@ -326,22 +332,29 @@ class Flight implements BatchDeadline {
   }
 }
 
-/** Writes what a learn's Set-Cookie values say into the near cache (a batch that got no answer). */
-class NearLearn implements LearnSink {
-  readonly near: NearCache;
+/** Writes what a learn's Set-Cookie values say where this loop can (a batch that got no answer). */
+class LearnHere implements LearnSink {
+  readonly near: NearCache | null;
+  readonly local: LocalStore | null;
   readonly now: number;
   backend = '';
 
-  constructor(near: NearCache, now: number) {
+  constructor(near: NearCache | null, local: LocalStore | null, now: number) {
     this.near = near;
+    this.local = local;
     this.now = now;
   }
 
-  bindId(key: string, _sc: SessionCookie): void {
-    this.near.set(key, this.backend, this.now);
+  bindId(key: string, sc: SessionCookie): void {
+    this.near?.set(key, this.backend, this.now);
+    // Refused only for a name the store cannot hold, which no configured backend has.
+    this.local?.set(key, this.backend, sc.ttl, sc.sliding).catch(ignore);
   }
 
   unbindId(key: string): void {
-    this.near.delete(key);
+    this.near?.delete(key);
+    this.local?.delete(key).catch(ignore);
   }
 }
+
+function ignore(): void {}

@@ -496,6 +496,24 @@ test('a slow affinity worker (--workers 1): a learn past the batch deadline lets
   }
 });
 
+test('a slow affinity worker with the embedded store (--workers 1): a learn past the batch deadline is written by the loop, and the session sticks at once', T, async () => {
+  const proxy = await startProxy([...backendFlags(origins), '--workers', '1', '--threads', '1', '--store-timeout', '100', '--access-log'], { STICKY_PROXY_TEST_HOOKS: '1' });
+  try {
+    assert.equal((await get(proxy.url, undefined, { cookie: 'PHPSESSID=warm-up' })).status, 200, 'the worker has started');
+    // Past the deadline (600 ms) the response goes on while the worker spends 2 s on the batch.
+    const id = 'sticky-proxy-test-slow-worker-2';
+    const first = await get(proxy.url, undefined, { 'x-set-cookie': JSON.stringify([`PHPSESSID=${id}; Max-Age=600`]) });
+    const owner = first.headers['x-backend'] as string;
+    // The loop reads the embedded store itself: no batch, so the busy worker is not asked.
+    for (let i = 0; i < 4; i++) assert.equal((await get(proxy.url, undefined, { cookie: `PHPSESSID=${id}` })).headers['x-backend'], owner, `request ${i}`);
+    const routes = (): string[] => proxy.output.filter((l) => l.includes('"access":true')).map((l) => /"affinity":"(\w+)"/.exec(l)?.[1] ?? '');
+    await waitFor(() => routes().length === 6, { what: 'six access log lines' });
+    assert.deepEqual(routes().slice(2), ['hit', 'hit', 'hit', 'hit']);
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('SIGTERM with 20 slow requests in flight: all 20 complete with Connection: close, and the process exits 0', T, async () => {
   const slow = await startOrigin('slow', (_req, res) => { setTimeout(() => { res.writeHead(200); res.end('done'); }, 1000); });
   const proxy = await startProxy(['--backend', `slow=${slow.url}`]);
