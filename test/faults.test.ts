@@ -436,6 +436,11 @@ test('an affinity worker killed under load: no failed request', T, async () => {
   }
 });
 
+/** How each request in the proxy's access log (--access-log, to stdout) was routed, in order. */
+function accessRoutes(proxy: ProxyProcess): string[] {
+  return proxy.output.filter((l) => l.includes('"access":true')).map((l) => /"affinity":"(\w+)"/.exec(l)?.[1] ?? '');
+}
+
 // The worker's test hook (workers/affinity.ts) keeps it busy for 10 s on a batch holding this cookie.
 const STUCK = 'PHPSESSID=sticky-proxy-test-stuck-worker';
 
@@ -463,8 +468,7 @@ test('a stuck affinity worker (--workers 1): requests with a session cookie are 
     // when the worker replaced at the deadline starts fast enough (a warm
     // compile cache), answered by it as misses; either way within the deadline.
     // The first line is the warm-up's, answered before the others were sent.
-    const routes = (): string[] => proxy.output.filter((l) => l.includes('"access":true')).slice(1)
-      .map((l) => /"affinity":"(\w+)"/.exec(l)?.[1] ?? '');
+    const routes = (): string[] => accessRoutes(proxy).slice(1);
     await waitFor(() => routes().length === 7, { what: 'seven access log lines' });
     assert.ok(routes().includes('fallback'), `the stuck batch by the fallback route: ${routes()}`);
     assert.ok(routes().every((r) => r === 'fallback' || r === 'miss'), `${routes()}`);
@@ -486,9 +490,8 @@ test('a slow affinity worker (--workers 1): a learn past the batch deadline lets
     const again = await get(proxy.url, undefined, { cookie: `PHPSESSID=${id}` });
     assert.equal(again.headers['x-backend'], owner, 'the session stays where it was issued');
     // From the near cache, fresh or remembered; not rendezvous hashing, which knows nothing of it.
-    const routes = (): string[] => proxy.output.filter((l) => l.includes('"access":true')).map((l) => /"affinity":"(\w+)"/.exec(l)?.[1] ?? '');
-    await waitFor(() => routes().length === 3, { what: 'three access log lines' });
-    assert.match(routes()[2], /^(hit|stale)$/);
+    await waitFor(() => accessRoutes(proxy).length === 3, { what: 'three access log lines' });
+    assert.match(accessRoutes(proxy)[2], /^(hit|stale)$/);
     await waitFor(async () => (await inspect(mc.port, `${prefix}PHPSESSID:${id}`))?.value === owner, { what: 'the slow worker to write the binding', timeoutMs: 10_000 });
     assert.ok(!proxy.output.some((l) => l.includes('affinity worker ended')), 'the slow worker was not replaced');
   } finally {
@@ -506,9 +509,8 @@ test('a slow affinity worker with the embedded store (--workers 1): a learn past
     const owner = first.headers['x-backend'] as string;
     // The loop reads the embedded store itself: no batch, so the busy worker is not asked.
     for (let i = 0; i < 4; i++) assert.equal((await get(proxy.url, undefined, { cookie: `PHPSESSID=${id}` })).headers['x-backend'], owner, `request ${i}`);
-    const routes = (): string[] => proxy.output.filter((l) => l.includes('"access":true')).map((l) => /"affinity":"(\w+)"/.exec(l)?.[1] ?? '');
-    await waitFor(() => routes().length === 6, { what: 'six access log lines' });
-    assert.deepEqual(routes().slice(2), ['hit', 'hit', 'hit', 'hit']);
+    await waitFor(() => accessRoutes(proxy).length === 6, { what: 'six access log lines' });
+    assert.deepEqual(accessRoutes(proxy).slice(2), ['hit', 'hit', 'hit', 'hit']);
   } finally {
     await proxy.stop();
   }
