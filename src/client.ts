@@ -384,9 +384,14 @@ export class ClientConnection implements Timed {
       this.deadline = this.idleSince + this.ctx.clientIdleTimeoutMs;
       return;
     }
-    this.deadline = this.idleSince + (this.#rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
+    this.deadline = this.idleSince + this.#betweenMs();
     if (this.#parsing) return; // the parse loop that started it goes on
     this.#next();
+  }
+
+  /** How long the connection may wait between requests: idle, or with part of the next head read. */
+  #betweenMs(): number {
+    return this.#rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs;
   }
 
   /** Between requests: the next one, read ahead already, or the close the client asked for. */
@@ -498,7 +503,7 @@ export class ClientConnection implements Timed {
       this.forward.clientDrained();
     } else if (this.#state === HEAD && (this.#pauses & PAUSE_OUTPUT) !== 0) {
       this.#pause(PAUSE_OUTPUT, false);
-      this.deadline = performance.now() + (this.#rest === null ? this.ctx.clientIdleTimeoutMs : this.ctx.clientHeaderTimeoutMs);
+      this.deadline = performance.now() + this.#betweenMs();
       this.#next();
     }
   }
